@@ -1,0 +1,38 @@
+"""Shared fixtures: the real default model and real photos shipped inside packages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference.paths import default_model_dir
+from inference.spec import SPEC_FILENAME
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The exported default model (`make test` runs `engine_build fetch` + `export` before pytest)."""
+    path = Path(os.environ.get("RTDETECT_MODEL_DIR", default_model_dir()))
+    if not (path / SPEC_FILENAME).is_file() or not (path / "model.onnx").is_file():
+        pytest.fail(f"no exported model in {path}: run `make model` (python -m engine_build fetch && export)")
+    return path
+
+
+def _rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, :, ::-1])
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real photos as HxWx3 uint8 BGR, the layout every rtdetect entry point takes."""
+    from skimage import data
+
+    return {
+        "astronaut": _rgb_to_bgr(data.astronaut()),
+        "coffee": _rgb_to_bgr(data.coffee()),
+        "motorcycle": _rgb_to_bgr(data.stereo_motorcycle()[0]),
+        "chelsea": _rgb_to_bgr(data.chelsea()),
+    }
