@@ -117,11 +117,12 @@ def extract(tarball: Path, source_dir: Path) -> None:
                 tar.extract(member, source_dir, filter="data")
     except (tarfile.TarError, OSError, EOFError) as e:
         raise FetchError(f"cannot read {tarball}: {e}") from e
-    for name, expected in MEMBERS.items():
-        path = source_dir / Path(name).name
+    paths = [source_dir / Path(name).name for name in MEMBERS]
+    for path, expected in zip(paths, MEMBERS.values(), strict=True):
         actual = sha256(path)
         if actual != expected:
-            path.unlink()
+            for p in paths:  # nothing unverified may stay behind to be converted later
+                p.unlink(missing_ok=True)
             raise FetchError(f"sha256 mismatch for {path.name}: expected {expected}, got {actual}")
         log.info("verified %s (sha256 %s...)", path.name, actual[:16])
 
