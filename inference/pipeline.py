@@ -1,19 +1,180 @@
-"""CONTRACT (to be implemented): the Detector both servers use.
+"""The Detector both servers use: pre-process -> shared micro-batcher -> engine -> decoder + NMS.
+
+HTTP requests and WebRTC peers call `detect` concurrently; their tensors meet in one MicroBatcher, so they
+share engine calls. Pre-processing and decoding run in worker threads, inference in the batcher's own thread:
+the event loop only schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from inference.batcher import MicroBatcher
+from inference.decoders import Decoder, create_decoder
+from inference.engines import Engine
+from inference.errors import InferenceError
+from inference.observer import InferenceObserver
+from inference.preprocess import preprocess, preprocess_one
+from inference.spec import ModelSpec
+from inference.types import DetectionResult, DetectParams, Timings
+
+log = logging.getLogger("rtdetect.inference")
+
+_DEFAULT_PARAMS = DetectParams()
+
 
 class Detector:
-    def __init__(self, engine: Engine, spec: ModelSpec, *, max_batch_size: int = 8,
-                 max_delay_ms: float = 2.0, max_queue: int = 256,
-                 observer: InferenceObserver | None = None) -> None
-    async def start(self) -> None        # engine.load() + engine.warmup() in a thread, then start the batcher
-    async def close(self) -> None        # stop batcher (fail pending futures), engine.close()
-    ready: bool                          # True once loaded and warmed up
-    spec: ModelSpec; engine: Engine
-    def info(self) -> dict[str, Any]     # {name, backend, provider, input_size: [w, h], classes: [...],
-                                         #  max_batch_size, max_delay_ms}
-    async def detect(self, image: np.ndarray, params: DetectParams = DetectParams()) -> DetectionResult
-        # image: HxWx3 uint8 BGR. Pre-processing and decoding run in a worker thread; the tensor goes
-        # through the shared MicroBatcher so concurrent callers (HTTP requests, WebRTC peers) share batches.
-        # Raises OverloadedError when the batcher queue is full, InferenceError when the engine fails.
-    def detect_batch_sync(self, images: Sequence[np.ndarray], params: DetectParams = DetectParams())
-        -> list[DetectionResult]          # direct path without the batcher (benchmarks, parity tests)
-"""
+    def __init__(
+        self,
+        engine: Engine,
+        spec: ModelSpec,
+        *,
+        max_batch_size: int = 8,
+        max_delay_ms: float = 2.0,
+        max_queue: int = 256,
+        observer: InferenceObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.engine = engine
+        self.spec = spec
+        self.decoder: Decoder = create_decoder(spec)
+        self.ready = False
+        self._max_batch_setting = max_batch_size
+        self._max_delay_ms = max_delay_ms
+        self._max_queue = max_queue
+        self._observer = observer
+        self._batcher: MicroBatcher | None = None
+
+    @property
+    def max_batch_size(self) -> int:
+        """The batch limit in force: the setting, capped by what the loaded engine accepts."""
+        if not self.ready:
+            return self._max_batch_setting
+        return max(1, min(self._max_batch_setting, self.engine.max_batch_size))
+
+    async def start(self) -> None:
+        """Load and warm up the engine (in a thread: it takes seconds), then start the batcher."""
+        if self.ready:
+            return
+        await asyncio.to_thread(self._load)
+        batch = max(1, min(self._max_batch_setting, self.engine.max_batch_size))
+        self._batcher = MicroBatcher(
+            self.engine.infer,
+            max_batch_size=batch,
+            max_delay_ms=self._max_delay_ms,
+            max_queue=self._max_queue,
+            observer=self._observer,
+        )
+        await self._batcher.start()
+        self.ready = True
+        log.info(
+            "detector ready: model %s, backend %s, provider %s, batch <= %d, delay <= %.1f ms",
+            self.spec.name,
+            self.engine.backend,
+            self.engine.provider,
+            batch,
+            self._max_delay_ms,
+        )
+
+    def _load(self) -> None:
+        log.info("loading model %s with the %s backend", self.spec.name, self.engine.backend)
+        self.engine.load()
+        batch = max(1, min(self._max_batch_setting, self.engine.max_batch_size))
+        # Warm the shapes serving will use, so the first requests do not pay for lazy initialisation.
+        self.engine.warmup((1, batch) if batch > 1 else (1,))
+
+    async def close(self) -> None:
+        """Stop the batcher (pending requests fail with InferenceError), then release the engine."""
+        self.ready = False
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            await batcher.close()
+        await asyncio.to_thread(self.engine.close)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "backend": self.engine.backend,
+            "provider": self.engine.provider,
+            "input_size": [self.spec.input_width, self.spec.input_height],
+            "classes": list(self.spec.class_names),
+            "max_batch_size": self.max_batch_size,
+            "max_delay_ms": self._max_delay_ms,
+        }
+
+    async def detect(self, image: np.ndarray, params: DetectParams = _DEFAULT_PARAMS) -> DetectionResult:
+        """Detections for one HxWx3 uint8 BGR image, in its own pixel coordinates.
+
+        Raises InvalidImageError for a malformed image, OverloadedError when the batcher's queue is full and
+        InferenceError when the engine fails or the detector is not started.
+        """
+        batcher = self._batcher
+        if batcher is None:
+            raise InferenceError("the detector is not started")
+        t0 = time.perf_counter()
+        tensor, transform = await asyncio.to_thread(preprocess_one, image, self.spec)
+        t1 = time.perf_counter()
+        outputs, batch_size, inference_s = await batcher.submit(tensor)
+        t2 = time.perf_counter()
+        detections = (await asyncio.to_thread(self.decoder.decode, outputs, [transform], params))[0]
+        t3 = time.perf_counter()
+        timings = Timings(
+            preprocess=(t1 - t0) * 1e3,
+            inference=inference_s * 1e3,
+            postprocess=(t3 - t2) * 1e3,
+            total=(t3 - t0) * 1e3,
+        )
+        return DetectionResult(
+            detections=detections,
+            width=transform.src_w,
+            height=transform.src_h,
+            batch_size=batch_size,
+            timings=timings,
+        )
+
+    def detect_batch_sync(
+        self, images: Sequence[np.ndarray], params: DetectParams = _DEFAULT_PARAMS
+    ) -> list[DetectionResult]:
+        """The direct path without the batcher (benchmarks, parity tests): blocking, in the caller's thread.
+
+        The engine must be loaded (start() or engine.load()). Chunks of engine.max_batch_size images.
+        """
+        if not images:
+            return []
+        results: list[DetectionResult] = []
+        step = max(1, self.engine.max_batch_size)
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            t0 = time.perf_counter()
+            batch, transforms = preprocess(chunk, self.spec)
+            t1 = time.perf_counter()
+            outputs = self.engine.infer(batch)
+            t2 = time.perf_counter()
+            decoded = self.decoder.decode(outputs, transforms, params)
+            t3 = time.perf_counter()
+            n = len(chunk)
+            # Per-image share of each stage; inference is one call for the whole chunk.
+            for transform, detections in zip(transforms, decoded, strict=True):
+                timings = Timings(
+                    preprocess=(t1 - t0) * 1e3 / n,
+                    inference=(t2 - t1) * 1e3,
+                    postprocess=(t3 - t2) * 1e3 / n,
+                    total=(t3 - t0) * 1e3,
+                )
+                results.append(
+                    DetectionResult(
+                        detections=detections,
+                        width=transform.src_w,
+                        height=transform.src_h,
+                        batch_size=n,
+                        timings=timings,
+                    )
+                )
+        return results

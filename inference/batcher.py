@@ -1,0 +1,180 @@
+"""Dynamic micro-batching: concurrent callers (HTTP requests, WebRTC peers) share engine calls.
+
+One worker task takes the first waiting request, gathers more for at most `max_delay_ms` (up to
+`max_batch_size`), stacks them and runs the engine in a dedicated thread, so inference never blocks the
+event loop and never runs two batches at once. Each caller gets back its own row of every output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference.errors import InferenceError, OverloadedError
+from inference.observer import InferenceObserver, NullObserver
+
+log = logging.getLogger("rtdetect.inference")
+
+BatchOutput = tuple[dict[str, np.ndarray], int, float]
+
+
+@dataclass(slots=True)
+class _Request:
+    tensor: np.ndarray
+    future: asyncio.Future[BatchOutput]
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], dict[str, np.ndarray]],
+        *,
+        max_batch_size: int,
+        max_delay_ms: float,
+        max_queue: int = 256,
+        observer: InferenceObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self._infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_delay_ms = max_delay_ms
+        self.max_queue = max_queue
+        self._observer: InferenceObserver = observer or NullObserver()
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._in_flight: list[_Request] = []
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._worker.done()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._queue = asyncio.Queue(maxsize=self.max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtdetect-infer")
+        self._worker = asyncio.create_task(self._run(), name="rtdetect-batcher")
+
+    async def close(self) -> None:
+        """Stop the worker, fail every pending request, and wait for the inference thread to finish."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        pending, self._in_flight = self._in_flight, []
+        if self._queue is not None:
+            while not self._queue.empty():
+                pending.append(self._queue.get_nowait())
+        for request in pending:
+            _fail(request, InferenceError("the batcher was closed before this request finished"))
+        self._notify_depth(0)
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            # A batch already inside the engine cannot be interrupted; wait for it off the event loop.
+            await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
+
+    async def submit(self, tensor: np.ndarray) -> BatchOutput:
+        """One image's tensor (no batch axis) -> (its outputs with a batch axis of 1, batch size, seconds).
+
+        Raises OverloadedError when the queue is full and InferenceError when the engine fails.
+        """
+        if self._queue is None or not self.running:
+            raise InferenceError("the batcher is not running")
+        future: asyncio.Future[BatchOutput] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Request(tensor, future))
+        except asyncio.QueueFull as e:
+            raise OverloadedError(f"inference queue is full ({self.max_queue} waiting); retry later") from e
+        self._notify_depth(self._queue.qsize())
+        # If the caller is cancelled, so is `future`; the worker skips or ignores it.
+        return await future
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            # Requests live in self._in_flight from the moment they leave the queue, so close() can fail
+            # them whether the worker is gathering a batch or waiting for the engine.
+            self._in_flight = []
+            await self._collect(self._queue, self._in_flight)
+            self._notify_depth(self._queue.qsize())
+            # Callers cancelled while waiting need no inference.
+            batch = [r for r in self._in_flight if not r.future.done()]
+            if batch:
+                await self._run_batch(batch)
+
+    async def _collect(self, queue: asyncio.Queue[_Request], batch: list[_Request]) -> None:
+        batch.append(await queue.get())
+        deadline = asyncio.get_running_loop().time() + self.max_delay_ms / 1000.0
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            try:
+                # Queue.get is cancellation-safe: on timeout no request is lost, it stays queued.
+                async with asyncio.timeout_at(deadline):
+                    batch.append(await queue.get())
+            except TimeoutError:
+                break
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        assert self._executor is not None
+        n = len(batch)
+        try:
+            stacked = np.stack([r.tensor for r in batch])
+            start = time.perf_counter()
+            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, stacked)
+            seconds = time.perf_counter() - start
+            rows = _split(outputs, n)
+        except Exception as e:  # any failure belongs to this batch's callers, never to the worker
+            log.warning("inference failed for a batch of %d: %s", n, e)
+            for request in batch:
+                error = InferenceError(f"inference failed for a batch of {n}: {e}")
+                error.__cause__ = e
+                _fail(request, error)
+            return
+        try:
+            self._observer.on_batch(n, seconds)
+        except Exception:  # metrics must never stop inference; say so loudly instead
+            log.exception("observer.on_batch failed")
+        for request, row in zip(batch, rows, strict=True):
+            if not request.future.done():
+                request.future.set_result((row, n, seconds))
+
+    def _notify_depth(self, depth: int) -> None:
+        try:
+            self._observer.on_queue_depth(depth)
+        except Exception:  # metrics must never stop inference; say so loudly instead
+            log.exception("observer.on_queue_depth failed")
+
+
+def _split(outputs: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    """Per-request views of each output (batch axis kept, size 1)."""
+    for name, arr in outputs.items():
+        if arr.ndim < 1 or arr.shape[0] != n:
+            raise InferenceError(f"output {name!r} has shape {arr.shape} for a batch of {n}")
+    return [{name: arr[i : i + 1] for name, arr in outputs.items()} for i in range(n)]
+
+
+def _fail(request: _Request, error: BaseException) -> None:
+    if not request.future.done():
+        request.future.set_exception(error)

@@ -1,0 +1,131 @@
+"""ONNX Runtime backend: TensorRT or CUDA execution providers where present, the CPU provider elsewhere."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
+from inference.preprocess import input_shape
+from inference.spec import ModelSpec
+
+log = logging.getLogger("rtdetect.inference")
+
+# Largest batch offered when the model's batch axis is dynamic; the batcher's own limit is usually lower.
+DYNAMIC_MAX_BATCH = 64
+_PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeEngine:
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        spec: ModelSpec,
+        *,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        trt_cache_dir: str | None = None,
+        trt_fp16: bool = False,
+        model_file: str | None = None,
+    ) -> None:
+        self.model_path = Path(model_dir) / (model_file or spec.onnx_file)
+        self.spec = spec
+        self.requested_providers = tuple(providers) if providers is not None else None
+        self.intra_op_threads = intra_op_threads
+        self.trt_cache_dir = trt_cache_dir
+        self.trt_fp16 = trt_fp16
+        self.provider = "not loaded"
+        self.max_batch_size = 1
+        self._session: Any = None
+        self._input_name = spec.input_name
+        self._output_names: list[str] = []
+
+    def load(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BackendUnavailableError(
+                "onnxruntime is not installed: pip install 'rtdetect[cpu]' (or [gpu] for onnxruntime-gpu)"
+            ) from e
+        if not self.model_path.is_file():
+            raise ModelLoadError(f"no ONNX model at {self.model_path}; run `python -m engine_build export`")
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.intra_op_threads
+        providers = self._providers(ort.get_available_providers())
+        try:
+            session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+        except Exception as e:  # onnxruntime raises plain Exception subclasses (InvalidProtobuf, ...)
+            raise ModelLoadError(f"onnxruntime cannot load {self.model_path}: {e}") from e
+
+        inputs = {i.name: i for i in session.get_inputs()}
+        if self._input_name not in inputs:
+            raise ModelLoadError(
+                f"{self.model_path} has no input {self._input_name!r} (inputs: {sorted(inputs)})"
+            )
+        batch_dim = inputs[self._input_name].shape[0]
+        # A symbolic (str) or unknown (None) leading dimension means any batch size.
+        self.max_batch_size = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else DYNAMIC_MAX_BATCH
+        self._output_names = [o.name for o in session.get_outputs()]
+        self._session = session
+        self.provider = session.get_providers()[0]
+        log.info(
+            "onnxruntime %s loaded %s with %s (max batch %d)",
+            ort.__version__,
+            self.model_path,
+            self.provider,
+            self.max_batch_size,
+        )
+
+    def _providers(self, available: Sequence[str]) -> list[Any]:
+        """The providers to ask for, best first, restricted to what this onnxruntime build has."""
+        wanted = self.requested_providers or _PREFERRED
+        chosen = [p for p in wanted if p in available]
+        missing = [p for p in wanted if p not in available]
+        if self.requested_providers is not None and missing:
+            log.warning("onnxruntime here lacks %s (available: %s)", missing, list(available))
+        if not chosen:
+            raise BackendUnavailableError(
+                f"none of the onnxruntime providers {list(wanted)} is available here (have {list(available)})"
+            )
+        result: list[Any] = []
+        for name in chosen:
+            if name == "TensorrtExecutionProvider":
+                trt_options: dict[str, Any] = {"trt_fp16_enable": self.trt_fp16}
+                if self.trt_cache_dir:
+                    # Building TensorRT engines takes minutes; the cache makes it a one-time cost.
+                    trt_options |= {
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": self.trt_cache_dir,
+                    }
+                result.append((name, trt_options))
+            else:
+                result.append(name)
+        return result
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        shape = input_shape(self.spec)
+        for n in batch_sizes:
+            self.infer(np.zeros((min(n, self.max_batch_size), *shape), dtype=np.float32))
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise InferenceError("the onnxruntime engine is not loaded")
+        if batch.shape[0] > self.max_batch_size:
+            raise InferenceError(f"batch of {batch.shape[0]} exceeds the engine's max {self.max_batch_size}")
+        feed = {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        try:
+            results = self._session.run(self._output_names, feed)
+        except Exception as e:  # onnxruntime's errors derive straight from Exception
+            raise InferenceError(f"onnxruntime failed on a batch of shape {batch.shape}: {e}") from e
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        self._session = None
