@@ -34,8 +34,10 @@ def draw_detections(
 ) -> np.ndarray:
     """Boxes and score tags on `image` (HxWx3 uint8 BGR); a copy unless `inplace`."""
     validate_image(image)
-    if inplace and not (image.flags.c_contiguous and image.flags.writeable):
-        raise ValueError("inplace drawing needs a C-contiguous, writeable image (cv2 draws into its buffer)")
+    # cv2 draws into the buffer itself: rows may be padded (e.g. a video frame's linesize), but pixels
+    # within a row must be packed and in order.
+    if inplace and not (image.flags.writeable and image.strides[1:] == (3, 1) and image.strides[0] > 0):
+        raise ValueError("inplace drawing needs a writeable image whose rows are packed BGR pixels")
     canvas = image if inplace else image.copy(order="C")
     h, w = canvas.shape[:2]
     # Scale strokes and text with the image so they stay legible on 4K and unobtrusive on 320x240.

@@ -43,8 +43,16 @@ def test_inplace_draws_into_the_given_array() -> None:
     image = np.zeros((100, 100, 3), np.uint8)
     out = draw_detections(image, [det(1, (10, 20, 60, 80))], inplace=True)
     assert out is image and image.any()
+    # Padded rows (a video frame's linesize) are fine; reversed or strided pixels are not.
+    padded = np.zeros((100, 128, 3), np.uint8)[:, :100]
+    draw_detections(padded, [det(1, (10, 20, 60, 80))], inplace=True)
+    assert padded.any()
     with pytest.raises(ValueError):
         draw_detections(np.zeros((100, 100, 3), np.uint8)[:, ::-1], [], inplace=True)
+    readonly = np.zeros((10, 10, 3), np.uint8)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError):
+        draw_detections(readonly, [], inplace=True)
 
 
 def test_colours_are_stable_and_distinct() -> None:

@@ -78,6 +78,16 @@ class _Binding:
         return int(self.dtype.itemsize)
 
 
+def _gpu_name(cuda: _Cuda, device_id: int) -> str:
+    err, props = cuda.rt.cudaGetDeviceProperties(device_id)
+    if err != cuda.rt.cudaError_t.cudaSuccess or props is None:
+        return f"GPU {device_id}"
+    name = props.name
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return str(name).rstrip("\x00") or f"GPU {device_id}"
+
+
 class TensorRTEngine:
     backend = "tensorrt"
 
@@ -117,7 +127,7 @@ class TensorRTEngine:
         if not self.engine_path.is_file():
             raise ModelLoadError(
                 f"no TensorRT engine at {self.engine_path}; build one on this GPU with "
-                "`python -m engine_build trt` (engines are specific to a GPU and TensorRT version)"
+                "`python -m engine_build tensorrt` (engines are specific to a GPU and TensorRT version)"
             )
         try:
             cuda(cuda.rt.cudaSetDevice(self.device_id))
@@ -128,7 +138,7 @@ class TensorRTEngine:
         if engine is None:
             raise ModelLoadError(
                 f"TensorRT could not deserialize {self.engine_path}: built by another TensorRT version or "
-                "for another GPU? Rebuild it here with `python -m engine_build trt`"
+                "for another GPU? Rebuild it here with `python -m engine_build tensorrt`"
             )
         self._cuda, self._engine = cuda, engine
         try:
@@ -136,9 +146,7 @@ class TensorRTEngine:
         except BaseException:
             self.close()
             raise
-        _, props = cuda.rt.cudaGetDeviceProperties(self.device_id)
-        gpu = props.name.decode(errors="replace").rstrip("\x00") if props is not None else "GPU"
-        self.provider = f"TensorRT {trt.__version__} on {gpu}"
+        self.provider = f"TensorRT {trt.__version__} on {_gpu_name(cuda, self.device_id)}"
         log.info(
             "%s loaded %s (batch %d..%d)",
             self.provider,
@@ -175,9 +183,8 @@ class TensorRTEngine:
         max_in = (self.max_batch_size, *expected)
         context.set_input_shape(name, max_in)
         self._input = self._allocate(trt, cuda, engine, name, max_in)
-        self._outputs = [
-            self._allocate(trt, cuda, engine, out, tuple(context.get_tensor_shape(out))) for out in outputs
-        ]
+        for out in outputs:  # appended one by one so close() frees whatever was allocated on failure
+            self._outputs.append(self._allocate(trt, cuda, engine, out, tuple(context.get_tensor_shape(out))))
         for binding in (self._input, *self._outputs):
             context.set_tensor_address(binding.name, binding.device)
 
@@ -213,6 +220,8 @@ class TensorRTEngine:
         h2d, d2h = rt.cudaMemcpyKind.cudaMemcpyHostToDevice, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         with self._lock:
             try:
+                # The current device is per thread, and the batcher calls from its own thread.
+                cuda(rt.cudaSetDevice(self.device_id))
                 if not context.set_input_shape(inp.name, tuple(batch.shape)):
                     raise InferenceError(f"TensorRT rejected input shape {batch.shape}")
                 count = batch.size
