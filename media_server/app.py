@@ -1,0 +1,303 @@
+"""The aiohttp application: signalling, the browser client, health and metrics.
+
+Everything the server holds (detector, peers, metrics, worker threads) lives in one `ServerState` on the
+app, created by `create_app` and released by its cleanup: no module globals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inference.errors import ModelLoadError, OverloadedError
+from inference.observer import InferenceObserver
+from inference.types import DetectParams
+from media_server.detector import DetectorLike, build_detector
+from media_server.ice import HostAddressOverride, rtc_configuration
+from media_server.peers import OfferError, PeerRegistry, PeerSession
+from media_server.settings import PipelineMode, Settings
+from media_server.track import LivePipeline, NaivePipeline, PeerMedia
+from observability.live import LiveMetrics
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+# An SDP offer is a few kB; this caps what a malformed JSON body can make the server parse.
+MAX_SDP_CHARS = 1_000_000
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    registry: CollectorRegistry
+    metrics: LiveMetrics
+    detector: DetectorLike
+    owns_detector: bool
+    peers: PeerRegistry
+    executor: ThreadPoolExecutor
+    host_addresses: HostAddressOverride
+
+
+STATE = web.AppKey("rtdetect_state", ServerState)
+
+
+# --- errors: the one place that maps them to HTTP -------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+def error_response(status: int, error: str, detail: str, *, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.error, e.detail, retry_after=e.retry_after)
+    except OverloadedError as e:
+        return error_response(
+            503, "overloaded", str(e), retry_after=request.app[STATE].settings.retry_after_s
+        )
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        # aiohttp's own 404/405/413 become JSON like every other error.
+        return error_response(e.status, e.reason.lower().replace(" ", "_"), e.text or e.reason)
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "unexpected server error; see the server log")
+
+
+# --- handlers -------------------------------------------------------------------------------------------
+
+
+class OfferRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+    type: Literal["offer"]
+
+
+async def _read_offer(request: web.Request, limit: int) -> OfferRequest:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(400, "offer_too_large", f"the offer is {request.content_length} bytes; limit {limit}")
+    # Read at most limit + 1 bytes whatever Content-Length claims (or when it is absent: chunked).
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise ApiError(400, "offer_too_large", f"the offer exceeds {limit} bytes")
+    try:
+        return OfferRequest.model_validate_json(body)
+    except ValidationError as e:
+        errors = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
+        raise ApiError(400, "invalid_offer", errors) from e
+
+
+async def offer(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    settings = state.settings
+    try:
+        body = await _read_offer(request, settings.max_offer_bytes)
+    except ApiError as e:
+        state.metrics.offers_rejected.labels(
+            reason="too_large" if e.error == "offer_too_large" else "bad_offer"
+        ).inc()
+        raise
+    if not state.detector.ready:
+        state.metrics.offers_rejected.labels(reason="not_ready").inc()
+        raise ApiError(503, "not_ready", "the model is not loaded yet", retry_after=settings.retry_after_s)
+
+    params = DetectParams(score_threshold=settings.score_threshold)
+    pc = RTCPeerConnection(configuration=rtc_configuration(settings.ice_servers))
+    media: PeerMedia
+    if settings.pipeline is PipelineMode.NAIVE:
+        media = NaivePipeline(state.detector, state.metrics, params=params)
+    else:
+        media = LivePipeline(
+            state.detector,
+            state.metrics,
+            params=params,
+            policy=settings.backpressure,
+            buffer_size=settings.buffer_size,
+            max_detection_age_s=settings.max_detection_age_ms / 1e3,
+            executor=state.executor,
+        )
+    session = PeerSession(pc, media, settings=settings, metrics=state.metrics, registry=state.peers)
+    if not state.peers.try_add(session):
+        await pc.close()
+        state.metrics.offers_rejected.labels(reason="capacity").inc()
+        raise ApiError(
+            503,
+            "too_many_peers",
+            f"this server takes at most {settings.max_peers} peers",
+            retry_after=settings.retry_after_s,
+        )
+    try:
+        answer = await session.answer(RTCSessionDescription(sdp=body.sdp, type=body.type))
+    except OfferError as e:
+        await session.close("error")
+        state.metrics.offers_rejected.labels(reason="bad_offer").inc()
+        raise ApiError(400, "invalid_offer", str(e)) from e
+    except BaseException:
+        await session.close("error")
+        raise
+    logger.info("peer %s answered (%d active)", session.id, len(state.peers))
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "peer_id": session.id})
+
+
+async def ice_servers(request: web.Request) -> web.Response:
+    settings = request.app[STATE].settings
+    return web.json_response({"iceServers": [s.to_browser() for s in settings.ice_servers]})
+
+
+async def client_config(request: web.Request) -> web.Response:
+    """What the browser page needs to start: ICE servers and the server's defaults."""
+    state = request.app[STATE]
+    return web.json_response(
+        {
+            "iceServers": [s.to_browser() for s in state.settings.ice_servers],
+            "scoreThreshold": state.settings.score_threshold,
+            "codec": state.settings.codec,
+            "model": state.detector.info() if state.detector.ready else None,
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if not state.detector.ready:
+        raise ApiError(503, "not_ready", "the model is not loaded", retry_after=state.settings.retry_after_s)
+    return web.json_response(
+        {
+            "status": "ready",
+            "model": state.detector.info(),
+            "peers": len(state.peers),
+            "max_peers": state.settings.max_peers,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].registry)
+    response = web.Response(body=body)
+    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    response.charset = "utf-8"
+    return response
+
+
+async def peers(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(
+        {"peers": [p.snapshot() for p in state.peers], "max_peers": state.settings.max_peers}
+    )
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+# --- app factory ----------------------------------------------------------------------------------------
+
+
+def _inference_observer(registry: CollectorRegistry) -> InferenceObserver | None:
+    """The shared inference metrics, on this app's registry."""
+    try:
+        from observability.metrics import InferenceMetrics, PrometheusObserver
+    except ImportError:  # observability.metrics not present in this checkout: no inference metrics
+        logger.warning("observability.metrics is missing: inference metrics are not exported")
+        return None
+    observer: InferenceObserver = PrometheusObserver(InferenceMetrics(registry))
+    return observer
+
+
+def create_app(
+    settings: Settings, *, detector: DetectorLike | None = None, registry: CollectorRegistry | None = None
+) -> web.Application:
+    """The media server app. Pass `detector` to share one (it is then neither started nor closed here)."""
+    registry = registry if registry is not None else CollectorRegistry()
+    live_metrics = LiveMetrics(registry)
+    owns_detector = detector is None
+    if detector is None:
+        detector = build_detector(settings, observer=_inference_observer(registry))
+    state = ServerState(
+        settings=settings,
+        registry=registry,
+        metrics=live_metrics,
+        detector=detector,
+        owns_detector=owns_detector,
+        peers=PeerRegistry(settings.max_peers, live_metrics),
+        # Frame conversion and overlay rendering: a pool of our own, so they never wait behind aiortc's
+        # encoders in the loop's default executor.
+        executor=ThreadPoolExecutor(
+            max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="rtdetect-frames"
+        ),
+        host_addresses=HostAddressOverride(settings.ice_host_addresses),
+    )
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_offer_bytes + 1)
+    app[STATE] = state
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR, append_version=True)
+    app.router.add_post("/offer", offer)
+    app.router.add_get("/ice-servers", ice_servers)
+    app.router.add_get("/config", client_config)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/peers", peers)
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def _startup(app: web.Application) -> None:
+    state = app[STATE]
+    state.host_addresses.install()
+    if state.owns_detector:
+        # Fail fast: a server that cannot load its model should not start listening.
+        try:
+            await state.detector.start()
+        except ModelLoadError:
+            logger.error("cannot load the model from %s", state.settings.model_dir)
+            raise
+    logger.info("media server ready: %s", state.detector.info())
+
+
+async def _shutdown(app: web.Application) -> None:
+    # Before aiohttp closes connections: peers say goodbye (DTLS close) while the loop still runs.
+    await app[STATE].peers.close_all("shutdown")
+
+
+async def _cleanup(app: web.Application) -> None:
+    state = app[STATE]
+    await state.peers.close_all("shutdown")
+    if state.owns_detector:
+        await state.detector.close()
+    await asyncio.to_thread(state.executor.shutdown, wait=True)
+    state.host_addresses.uninstall()

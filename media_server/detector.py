@@ -1,0 +1,75 @@
+"""The detector as the media server sees it, and how it is built from settings."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from inference.engines import Engine, create_engine
+from inference.observer import InferenceObserver
+from inference.spec import ModelSpec
+from inference.types import DetectionResult, DetectParams
+from media_server.settings import Settings
+
+
+class DetectorLike(Protocol):
+    """What the media server needs of `inference.pipeline.Detector` (tests pass small fakes)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+    async def detect(self, image: np.ndarray, params: DetectParams = ...) -> DetectionResult: ...
+
+
+class SlowEngine:
+    """Wraps an engine and sleeps in every call: simulates an engine slower than the frame interval
+    (tests and benchmarks only; see `Settings.engine_delay_ms`)."""
+
+    def __init__(self, inner: Engine, delay_s: float) -> None:
+        self._inner = inner
+        self._delay_s = delay_s
+        self.backend = inner.backend
+        self.provider = f"{inner.provider} (+{delay_s * 1e3:.0f} ms artificial delay)"
+        self.max_batch_size = inner.max_batch_size
+
+    def load(self) -> None:
+        self._inner.load()
+        self.max_batch_size = self._inner.max_batch_size
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        self._inner.warmup(batch_sizes)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        # A blocking sleep, like a real slow engine: it holds the batcher's worker, not the event loop.
+        time.sleep(self._delay_s)
+        return self._inner.infer(batch)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def build_detector(settings: Settings, observer: InferenceObserver | None = None) -> DetectorLike:
+    """The engine and the shared Detector from settings; not started (the app's startup does that)."""
+    from inference.pipeline import Detector  # the batcher lives there; imported when a server starts
+
+    spec = ModelSpec.load(settings.model_dir)
+    engine: Engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_options)
+    if settings.engine_delay_ms > 0:
+        engine = SlowEngine(engine, settings.engine_delay_ms / 1e3)
+    detector: DetectorLike = Detector(
+        engine,
+        spec,
+        max_batch_size=settings.max_batch_size,
+        max_delay_ms=settings.max_delay_ms,
+        max_queue=settings.max_queue,
+        observer=observer,
+    )
+    return detector

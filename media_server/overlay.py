@@ -1,0 +1,97 @@
+"""Detections drawn onto outgoing video, cheaply enough for every frame of every peer.
+
+Boxes change only when a new detection result arrives (a few times a second per peer) while frames go out
+30 times a second. So the boxes are rendered once per result, with the shared `draw_detections`, into an
+overlay in the decoder's own pixel layout (I420 = yuv420p); each outgoing frame then only gets a masked copy
+(about 0.2 ms for 640x480) instead of YUV -> BGR, drawing and BGR -> YUV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+from av import VideoFrame
+
+from inference.draw import draw_detections
+from inference.types import Detection
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Overlay:
+    """The detections of one result, rendered for one frame size."""
+
+    detections: tuple[Detection, ...]
+    width: int
+    height: int
+    # Flat indices into the I420 array of the pixels the drawing covers, and their values. None when the
+    # frame size has no I420 layout (odd sizes): those frames take the slower BGR path.
+    indices: np.ndarray | None
+    values: np.ndarray | None
+    _resized: dict[tuple[int, int], Overlay] = dataclasses.field(default_factory=dict, repr=False)
+
+    def apply(self, frame: VideoFrame) -> VideoFrame:
+        """A new frame with the boxes drawn; pts and time_base are the input's. The input is not modified
+        (a worker thread may still be reading it for inference)."""
+        if (frame.width, frame.height) != (self.width, self.height):
+            return self.resized(frame.width, frame.height).apply(frame)
+        if self.indices is not None and self.values is not None and frame.format.name == "yuv420p":
+            yuv = frame.to_ndarray(format="yuv420p")  # a copy: (H * 3 / 2, W)
+            yuv.reshape(-1)[self.indices] = self.values
+            out = VideoFrame.from_ndarray(yuv, format="yuv420p")
+        else:
+            bgr = draw_detections(frame.to_ndarray(format="bgr24"), self.detections, inplace=True)
+            out = VideoFrame.from_ndarray(bgr, format="bgr24")
+        out.pts = frame.pts
+        if frame.time_base is not None:
+            out.time_base = frame.time_base
+        return out
+
+    def resized(self, width: int, height: int) -> Overlay:
+        """The same detections for another frame size (WebRTC senders may change resolution mid-stream);
+        rendered once per size, on the caller's thread, as such changes are rare."""
+        cached = self._resized.get((width, height))
+        if cached is not None:
+            return cached
+        sx, sy = width / self.width, height / self.height
+        scaled = tuple(
+            dataclasses.replace(d, box=(d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy))
+            for d in self.detections
+        )
+        overlay = render_overlay(scaled, width, height)
+        self._resized[(width, height)] = overlay
+        return overlay
+
+
+def render_overlay(detections: Sequence[Detection], width: int, height: int) -> Overlay:
+    """Render `detections` once into an I420 overlay (a few ms: call it in a worker thread)."""
+    dets = tuple(detections)
+    if width % 2 or height % 2 or not dets:
+        return Overlay(dets, width, height, None, None)
+    # Draw on black and on white: a pixel the drawing left alone keeps its background in both, so this
+    # finds the covered pixels even where the drawing itself is black or white (tag text), and gives each
+    # pixel's coverage for anti-aliased edges.
+    on_black = draw_detections(np.zeros((height, width, 3), np.uint8), dets, inplace=True)
+    on_white = draw_detections(np.full((height, width, 3), 255, np.uint8), dets, inplace=True)
+    # cv2 rather than numpy reductions over the colour axis: ~0.1 ms instead of ~10 ms for 640x480.
+    transparency = cv2.cvtColor(cv2.absdiff(on_white, on_black), cv2.COLOR_BGR2GRAY)  # 255: untouched
+    mask = transparency < 128  # covered by at least half
+    covered = np.flatnonzero(mask)
+    # On black the drawing is premultiplied by its coverage; undo that to get the colour itself.
+    colour = on_black
+    flat = colour.reshape(-1, 3)
+    coverage = (255 - transparency.reshape(-1)[covered]).astype(np.float32)[:, None] / 255.0
+    flat[covered] = np.clip(flat[covered] / coverage, 0, 255).astype(np.uint8)
+    i420 = cv2.cvtColor(colour, cv2.COLOR_BGR2YUV_I420)  # limited range BT.601, as the VP8/H264 decoders
+    # Chroma is subsampled 2x2: a chroma sample is covered when most of its four pixels are.
+    area = cv2.resize(
+        mask.view(np.uint8) * np.uint8(255), (width // 2, height // 2), interpolation=cv2.INTER_AREA
+    )
+    chroma = area >= 128
+    # I420 is the Y plane, then U, then V, each contiguous: the mask flattens the same way.
+    flat_chroma = chroma.reshape(-1)
+    full = np.concatenate([mask.reshape(-1), flat_chroma, flat_chroma])
+    indices = np.flatnonzero(full)
+    return Overlay(dets, width, height, indices, i420.reshape(-1)[indices])

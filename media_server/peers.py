@@ -1,0 +1,287 @@
+"""Peer sessions and the registry that bounds them.
+
+A session owns one RTCPeerConnection and its media pipeline. It closes, releasing everything it holds, on
+ICE/DTLS failure, on the client's close, when the remote track ends, when no frame arrived for
+`disconnect_timeout_s` (aiortc has no "disconnected" state, and a vanished peer otherwise lingers until
+ICE consent expires, about 30 s), and at server shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.sdp import SessionDescription
+
+from media_server.frames import FrameSourceFactory, TrackFrameSource
+from media_server.ice import announce_addresses
+from media_server.settings import Settings
+from media_server.track import PeerMedia
+from observability.live import LiveMetrics
+
+logger = logging.getLogger(__name__)
+
+# A client that stops reading the data channel must not make the server buffer results forever.
+MAX_CHANNEL_BUFFERED_BYTES = 256 * 1024
+
+
+class OfferError(ValueError):
+    """The offer cannot be answered: malformed SDP, or not the media this server takes."""
+
+
+def check_offer_sdp(sdp: str) -> None:
+    """Exactly one video m-line (plus an optional data channel): other media would be received into
+    aiortc's unbounded queues with nobody reading them."""
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as e:  # the parser raises whatever its input provokes; all of it means "bad SDP"
+        raise OfferError(f"unparseable SDP: {type(e).__name__}: {e}") from e
+    kinds = [m.kind for m in parsed.media]
+    if kinds.count("video") != 1:
+        raise OfferError(f"the offer must contain exactly one video track, got media {kinds}")
+    if any(k not in ("video", "application") for k in kinds):
+        raise OfferError(f"only video and a data channel are accepted, got media {kinds}")
+
+
+class PeerSession:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        media: PeerMedia,
+        *,
+        settings: Settings,
+        metrics: LiveMetrics,
+        registry: PeerRegistry,
+        source_factory: FrameSourceFactory = TrackFrameSource,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.pc = pc
+        self.media = media
+        self.created = time.time()
+        self.close_reason: str | None = None
+        self._settings = settings
+        self._metrics = metrics
+        self._registry = registry
+        self._source_factory = source_factory
+        self._channel: RTCDataChannel | None = None
+        self._connected = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._started_media = False
+        self.results_sent = 0
+        self.results_skipped = 0
+
+        media.on_result = self.send_result
+        media.on_ended = self._remote_ended
+        media.on_crashed = self._crashed
+        pc.on("connectionstatechange", self._on_connection_state)
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+
+    # --- signalling -------------------------------------------------------------------------------------
+
+    async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        """Apply the offer and return the answer (ICE gathering included: aiortc does not trickle)."""
+        check_offer_sdp(offer.sdp)
+        transceiver = self.pc.addTransceiver(self.media.outgoing, direction="sendrecv")
+        if self._settings.codec != "auto":
+            transceiver.setCodecPreferences(_preferred_codecs(self._settings.codec))
+        try:
+            await self.pc.setRemoteDescription(offer)
+        except (ValueError, LookupError, InvalidAccessError, InvalidStateError, OperationError) as e:
+            # aiortc reports SDP it cannot use (no common codec, missing ICE credentials, ...) with these.
+            raise OfferError(f"cannot use the offer: {type(e).__name__}: {e}") from e
+        if not self._started_media:
+            raise OfferError("the offer sends no video")
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        local = self.pc.localDescription
+        self._watchdog = asyncio.create_task(self._watch(), name=f"rtdetect-watchdog-{self.id}")
+        return RTCSessionDescription(
+            sdp=announce_addresses(local.sdp, self._settings.ice_announced_addresses), type=local.type
+        )
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "video" or self._started_media:
+            # check_offer_sdp admits one video track only; anything else is stopped at once.
+            track.stop()
+            return
+        self._started_media = True
+        self.media.start(self._source_factory(track))
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        logger.debug("peer %s connection %s", self.id, state)
+        if state == "connected":
+            self._connected.set()
+        elif state == "failed":
+            self.close_soon("ice_failed")
+        elif state == "closed":
+            self.close_soon("client")
+
+    # --- data channel -----------------------------------------------------------------------------------
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        self._channel = channel
+        channel.on("message", self._on_message)
+
+    def _on_message(self, message: str | bytes) -> None:
+        try:
+            data = json.loads(message)
+            if not isinstance(data, dict):
+                raise ValueError("expected a JSON object")
+            kind = data.get("type")
+            if kind == "config":
+                self._configure(data)
+            elif kind == "ping":
+                self.send({"type": "pong", "t": data.get("t"), "server_time": time.time()})
+            else:
+                raise ValueError(f"unknown message type {kind!r}")
+        except (ValueError, TypeError) as e:
+            self.send({"type": "error", "detail": str(e)})
+
+    def _configure(self, data: dict[str, Any]) -> None:
+        if "score_threshold" in data:
+            value = float(data["score_threshold"])
+            if not 0.0 <= value <= 1.0:
+                raise ValueError("score_threshold must be within [0, 1]")
+            self.media.params = dataclasses.replace(self.media.params, score_threshold=value)
+        self.send({"type": "config", "score_threshold": self.media.params.score_threshold})
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Send JSON on the data channel if it is open and the client keeps up; False when skipped."""
+        channel = self._channel
+        if channel is None or channel.readyState != "open":
+            return False
+        if channel.bufferedAmount > MAX_CHANNEL_BUFFERED_BYTES:
+            self.results_skipped += 1
+            return False
+        channel.send(json.dumps(message, separators=(",", ":")))
+        return True
+
+    def send_result(self, message: dict[str, Any]) -> None:
+        if self.send(message):
+            self.results_sent += 1
+
+    # --- lifecycle --------------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        timeout = self._settings.disconnect_timeout_s
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            logger.info("peer %s did not connect within %.1f s", self.id, timeout)
+            self.close_soon("timeout")
+            return
+        while True:
+            idle = time.monotonic() - self.media.last_activity
+            if idle > timeout:
+                logger.info("peer %s sent no frame for %.1f s", self.id, idle)
+                self.close_soon("timeout")
+                return
+            await asyncio.sleep(min(timeout - idle, timeout / 4) + 0.01)
+
+    def _remote_ended(self) -> None:
+        # The remote track ends when the client stops sending: it closed, or its transport went away.
+        self.close_soon("client")
+
+    def _crashed(self, error: BaseException) -> None:
+        logger.error("peer %s pipeline failed", self.id, exc_info=error)
+        self.close_soon("error")
+
+    def close_soon(self, reason: str) -> asyncio.Task[None]:
+        """Start closing (once; the first reason wins). Safe to call from the tasks being closed."""
+        if self._closing is None:
+            self.close_reason = reason
+            self._closing = asyncio.create_task(self._close(reason), name=f"rtdetect-close-{self.id}")
+            self._registry.closing(self._closing)
+        return self._closing
+
+    async def close(self, reason: str) -> None:
+        await self.close_soon(reason)
+
+    async def _close(self, reason: str) -> None:
+        # Free the slot first: a client reconnecting right away must not get 503 for its own old peer.
+        self._registry.remove(self)
+        if self._watchdog is not None and self._watchdog is not asyncio.current_task():
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        await self.media.stop()
+        await self.pc.close()
+        self._channel = None
+        self._metrics.peers_closed.labels(reason=reason).inc()
+        logger.info("peer %s closed (%s)", self.id, reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "peer_id": self.id,
+            "created": self.created,
+            "connection_state": self.pc.connectionState,
+            "results_sent": self.results_sent,
+            "results_skipped": self.results_skipped,
+            **self.media.stats(),
+        }
+
+
+def _preferred_codecs(name: str) -> list[Any]:
+    """The named codec first, then the rest (RTX kept): a preference, not a restriction, so a browser
+    without it still connects."""
+    capabilities = RTCRtpSender.getCapabilities("video")
+    if capabilities is None:
+        return []
+    codecs = capabilities.codecs
+    first = [c for c in codecs if c.mimeType.lower() == f"video/{name.lower()}"]
+    return first + [c for c in codecs if c not in first]
+
+
+class PeerRegistry:
+    """The app's peers, bounded by `max_peers`; owns the gauge of active peers."""
+
+    def __init__(self, max_peers: int, metrics: LiveMetrics) -> None:
+        self.max_peers = max_peers
+        self._metrics = metrics
+        self._peers: dict[str, PeerSession] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[PeerSession]:
+        return iter(list(self._peers.values()))
+
+    def get(self, peer_id: str) -> PeerSession | None:
+        return self._peers.get(peer_id)
+
+    def try_add(self, session: PeerSession) -> bool:
+        """Admit `session` unless full. No await between the check and the insert: concurrent offers
+        cannot both take the last slot."""
+        if len(self._peers) >= self.max_peers:
+            return False
+        self._peers[session.id] = session
+        self._metrics.active_peers.set(len(self._peers))
+        return True
+
+    def remove(self, session: PeerSession) -> None:
+        if self._peers.pop(session.id, None) is not None:
+            self._metrics.active_peers.set(len(self._peers))
+
+    def closing(self, task: asyncio.Task[None]) -> None:
+        # Hold a reference until done (the loop keeps only weak ones) so shutdown can await it.
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close_all(self, reason: str) -> None:
+        for session in self:
+            session.close_soon(reason)
+        if self._closing:
+            await asyncio.gather(*list(self._closing), return_exceptions=True)

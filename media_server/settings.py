@@ -1,0 +1,156 @@
+"""The media server's settings: read once in `__main__` (environment, prefix RTDETECT_MEDIA_), passed into
+`create_app`. Library code never reads the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from inference.paths import default_model_dir
+
+
+class BackpressurePolicy(StrEnum):
+    """What the per-peer reader does with frames that arrive while inference is busy.
+
+    Every frame still goes back out to the peer; the policy only decides which frames get inferred.
+    """
+
+    LATEST = "latest"  # keep only the newest frame: lowest detection age, the default
+    DROP_OLDEST = "drop_oldest"  # a small FIFO (`buffer_size`); when full, the oldest frame is dropped
+
+
+class PipelineMode(StrEnum):
+    DETECT = "detect"  # rtdetect's pipeline: reader task + shared batcher + thin track
+    # The benchmark's baseline only: inference inline in the track's recv(), as aiortc's example server
+    # does. Its latency grows without limit when inference is slower than the camera.
+    NAIVE = "naive"
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, in the shape the browser's RTCPeerConnection takes."""
+
+    model_config = ConfigDict(frozen=True)
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def to_browser(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+def _split_list(value: Any) -> Any:
+    """Env values may be JSON (`["a", "b"]`) or comma-separated (`a,b`): the latter is what operators type."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTDETECT_MEDIA_", extra="ignore", frozen=True)
+
+    # Model and batching: the same knobs as the detect API.
+    model_dir: Path = Field(default_factory=default_model_dir)
+    backend: str = "onnxruntime"
+    engine_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    max_batch_size: int = Field(default=8, ge=1)
+    max_delay_ms: float = Field(default=2.0, ge=0.0)
+    max_queue: int = Field(default=64, ge=1)
+
+    # HTTP.
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+    # WebRTC. No public STUN by default: an explicit, possibly empty, list always reaches aiortc.
+    ice_servers: Annotated[list[IceServer], NoDecode] = Field(default_factory=list)
+    # Addresses offered as host ICE candidates (loopback in tests, the public address behind a 1:1 NAT).
+    # Empty: aioice's own interface discovery, which leaves loopback out.
+    ice_host_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # 1:1 NAT: host candidates bound on a private address are announced as the public one
+    # ("10.0.0.5=203.0.113.7,..." or JSON).
+    ice_announced_addresses: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    codec: Literal["auto", "VP8", "H264"] = "auto"  # "auto": the browser's preference
+
+    # Limits and lifecycle.
+    max_peers: int = Field(default=4, ge=1)
+    max_offer_bytes: int = Field(default=64 * 1024, ge=1024)
+    retry_after_s: int = Field(default=5, ge=1)
+    # A peer that is not connected this long after its answer, or sends no frame for this long, is closed.
+    disconnect_timeout_s: float = Field(default=10.0, gt=0.0)
+
+    # The live pipeline.
+    pipeline: PipelineMode = PipelineMode.DETECT
+    backpressure: BackpressurePolicy = BackpressurePolicy.LATEST
+    buffer_size: int = Field(default=2, ge=1, le=30)  # drop_oldest only
+    score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    # Boxes older than this (relative to the frame they would be drawn on) are not drawn: a stalled
+    # engine must not leave stale boxes frozen over live video.
+    max_detection_age_ms: float = Field(default=1000.0, gt=0.0)
+    # Test and benchmark only: sleep this long in every engine call, to simulate an engine slower than the
+    # frame interval.
+    engine_delay_ms: float = Field(default=0.0, ge=0.0)
+
+    log_level: str = "INFO"
+
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _parse_ice_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text else []
+        return value
+
+    @field_validator("ice_host_addresses", mode="before")
+    @classmethod
+    def _parse_addresses(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("ice_announced_addresses", mode="before")
+    @classmethod
+    def _parse_mapping(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("expected PRIVATE=PUBLIC pairs separated by commas")
+            return {k.strip(): v.strip() for k, v in pairs}
+        return value
+
+    @field_validator("ice_announced_addresses")
+    @classmethod
+    def _valid_mapping(cls, value: dict[str, str]) -> dict[str, str]:
+        return {str(ipaddress.ip_address(k)): str(ipaddress.ip_address(v)) for k, v in value.items()}
+
+    @field_validator("ice_host_addresses")
+    @classmethod
+    def _valid_addresses(cls, value: list[str]) -> list[str]:
+        # aioice binds a UDP socket per address: a hostname or typo would only fail at the first offer.
+        return [str(ipaddress.ip_address(v)) for v in value]
+
+    @model_validator(mode="after")
+    def _valid_ice_urls(self) -> Settings:
+        for server in self.ice_servers:
+            for url in server.urls:
+                if not url.startswith(("stun:", "turn:", "turns:")):
+                    raise ValueError(f"ICE server URL {url!r} must start with stun:, turn: or turns:")
+        return self

@@ -1,0 +1,85 @@
+"""The media server's live-video metrics, defined once, on a registry the caller owns.
+
+Totals only, no per-peer label: peers come and go, and a label per peer would grow the series without
+bound. Per-peer figures are on the media server's /peers endpoint.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Receive -> send inside the server: sub-millisecond when healthy, up to a few frame intervals under load.
+FRAME_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.25, 0.5, 1.0)
+# How far the drawn boxes lag the frame they are drawn on: about one inference time when healthy.
+DETECTION_AGE_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
+
+DROP_STAGES = ("inference", "output")  # the label values of frames_dropped, bounded
+CLOSE_REASONS = ("client", "ice_failed", "timeout", "shutdown", "error")
+REJECT_REASONS = ("bad_offer", "too_large", "capacity", "not_ready")
+
+
+class LiveMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.active_peers = Gauge(
+            "rtdetect_live_active_peers", "WebRTC peers currently connected or connecting.", registry=registry
+        )
+        self.peers_closed = Counter(
+            "rtdetect_live_peers_closed_total",
+            "WebRTC peers closed, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.offers_rejected = Counter(
+            "rtdetect_live_offers_rejected_total",
+            "Offers refused before a peer was created, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.frames_in = Counter(
+            "rtdetect_live_frames_in_total", "Decoded video frames received from peers.", registry=registry
+        )
+        self.frames_out = Counter(
+            "rtdetect_live_frames_out_total",
+            "Video frames handed to the encoders for peers.",
+            registry=registry,
+        )
+        self.frames_inferred = Counter(
+            "rtdetect_live_frames_inferred_total",
+            "Received frames that went through the detector.",
+            registry=registry,
+        )
+        self.frames_dropped = Counter(
+            "rtdetect_live_frames_dropped_total",
+            "Received frames dropped by backpressure: not inferred (stage=inference; the frame still goes "
+            "back out) or not sent back (stage=output).",
+            ["stage"],
+            registry=registry,
+        )
+        self.inference_failures = Counter(
+            "rtdetect_live_inference_failures_total",
+            "Live frames whose detection failed, by error (overloaded, inference).",
+            ["error"],
+            registry=registry,
+        )
+        self.frame_latency = Histogram(
+            "rtdetect_live_frame_latency_seconds",
+            "Time from a decoded frame's arrival to its hand-off to the encoder.",
+            buckets=FRAME_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.detection_age = Histogram(
+            "rtdetect_live_detection_age_seconds",
+            "Age of the detections drawn on an outgoing frame: its arrival minus the arrival of the frame "
+            "they were computed on.",
+            buckets=DETECTION_AGE_BUCKETS,
+            registry=registry,
+        )
+        # Pre-create the bounded label values so dashboards see zeros instead of missing series.
+        for stage in DROP_STAGES:
+            self.frames_dropped.labels(stage=stage)
+        for reason in CLOSE_REASONS:
+            self.peers_closed.labels(reason=reason)
+        for reason in REJECT_REASONS:
+            self.offers_rejected.labels(reason=reason)
+        for error in ("overloaded", "inference"):
+            self.inference_failures.labels(error=error)
