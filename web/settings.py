@@ -1,0 +1,98 @@
+"""The UI's settings: environment variables prefixed RTDETECT_UI_, read once per browser session by
+`web/app.py` (the Streamlit entry point) and passed to the pages. Library code never reads the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server, in the shape the browser's RTCPeerConnection takes."""
+
+    model_config = ConfigDict(frozen=True)
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: str | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_scheme(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"ICE server URL {url!r} must start with stun:, turn: or turns:")
+        return value
+
+    def to_browser(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+    def redacted(self) -> str:
+        """For display: the URLs and whether a credential is set, never the credential itself."""
+        auth = f" (user {self.username}, credential set)" if self.credential else ""
+        return ", ".join(self.urls) + auth
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RTDETECT_UI_", extra="ignore", frozen=True)
+
+    detect_api_url: str = "http://127.0.0.1:8000"
+    media_server_url: str = "http://127.0.0.1:8080"
+    # One /detect call on CPU takes tens of ms; a large photo on a busy host can take seconds.
+    request_timeout_s: float = Field(default=15.0, gt=0.0)
+
+    # WebRTC. No public STUN by default: an explicit, possibly empty, list always reaches aiortc and the
+    # browser (both fall back to a public STUN server when given none).
+    ice_servers: Annotated[list[IceServer], NoDecode] = Field(default_factory=list)
+    # Also use the media server's GET /ice-servers (where it hands out short-lived TURN credentials).
+    use_media_server_ice: bool = True
+    # Addresses this process's own WebRTC peers offer as host candidates. aioice leaves loopback out, so a
+    # loopback-only deployment (tests) must name 127.0.0.1 here. Empty: aioice's interface discovery.
+    ice_host_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # How long the relay waits for the media server to answer and connect before the live page gives up.
+    live_connect_timeout_s: float = Field(default=15.0, gt=0.0)
+
+    @field_validator("detect_api_url", "media_server_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _parse_ice_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text else []
+        return value
+
+    @field_validator("ice_host_addresses", mode="before")
+    @classmethod
+    def _parse_addresses(cls, value: Any) -> Any:
+        # Operators type `127.0.0.1,10.0.0.5`; JSON lists work too.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("ice_host_addresses")
+    @classmethod
+    def _valid_addresses(cls, value: list[str]) -> list[str]:
+        # aioice binds a UDP socket per address: a hostname or typo would only fail at the first START.
+        return [str(ipaddress.ip_address(v)) for v in value]
