@@ -7,7 +7,6 @@ PyTorch on real photos before anything serves it.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import shutil
 import time
@@ -22,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from inference.engines.torch import TorchEngine, import_factory
 from inference.preprocess import preprocess
 from inference.spec import ModelSpec, TorchSource
 
@@ -43,52 +43,11 @@ class ParityRow:
     max_abs_diff: float
 
 
-def import_factory(target: str) -> Any:
-    """'package.module:callable' -> the callable."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise ExportError(f"factory must look like 'package.module:callable', got {target!r}")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ExportError(f"cannot import factory {target!r}: {e}") from e
-
-
-def load_torch_model(source: TorchSource, model_dir: Path) -> nn.Module:
-    """Build the module from its factory and load its state dict strictly."""
-    kwargs: dict[str, Any] = dict(source.kwargs)
-    for key in source.path_kwargs:
-        kwargs[key] = str(model_dir / str(kwargs[key]))
-    model = import_factory(source.factory)(**kwargs)
-    if not isinstance(model, nn.Module):
-        raise ExportError(f"factory {source.factory} returned {type(model).__name__}, not an nn.Module")
-    state = torch.load(model_dir / source.weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # common training-checkpoint layout
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ExportError(f"state dict {source.weights} does not fit {source.factory}: {e}") from e
-    return model.eval()
-
-
-def output_names(model: nn.Module, spec: ModelSpec) -> list[str]:
-    names = getattr(model, "output_names", None)
-    if names:
-        return list(names)
-    if spec.decoder.type == "nanodet":
-        return [*spec.decoder.cls_outputs, *spec.decoder.reg_outputs]
-    return [spec.decoder.output]
-
-
-def _run_torch(model: nn.Module, batch: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-    with torch.inference_mode():
-        outs = model(torch.from_numpy(batch))
-    if isinstance(outs, torch.Tensor):
-        outs = (outs,)
-    if isinstance(outs, dict):
-        return {k: v.numpy() for k, v in outs.items()}
-    return {n: o.numpy() for n, o in zip(names, outs, strict=True)}
+def load_torch_engine(model_dir: Path, spec: ModelSpec) -> TorchEngine:
+    """The unconverted model, built exactly as the `torch` serving backend builds it."""
+    engine = TorchEngine(model_dir, spec)
+    engine.load()
+    return engine
 
 
 def parity_images() -> dict[str, np.ndarray]:
@@ -105,18 +64,18 @@ def parity_images() -> dict[str, np.ndarray]:
 
 
 def check_parity(
-    model: nn.Module, onnx_path: Path, spec: ModelSpec, images: dict[str, np.ndarray]
+    torch_engine: TorchEngine, onnx_path: Path, spec: ModelSpec, images: dict[str, np.ndarray]
 ) -> list[ParityRow]:
     """Compare PyTorch and ONNX Runtime (CPU) on each photo alone and on all of them as one batch."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = output_names(model, spec)
     rows: list[ParityRow] = []
     cases = [(name, [img]) for name, img in images.items()] + [("all", list(images.values()))]
     for label, imgs in cases:
         batch, _ = preprocess(imgs, spec)
-        expected = _run_torch(model, batch, names)
+        expected = torch_engine.infer(batch)
+        names = list(expected)
         got = dict(zip(names, session.run(names, {spec.input_name: batch}), strict=True))
         for name in names:
             if got[name].shape != expected[name].shape:
@@ -126,8 +85,7 @@ def check_parity(
     return rows
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, path: Path, opset: int = OPSET) -> None:
-    names = output_names(model, spec)
+def export_onnx(model: nn.Module, names: list[str], spec: ModelSpec, path: Path, opset: int = OPSET) -> None:
     example = torch.zeros(1, 3, spec.input_height, spec.input_width)
     if spec.layout == "NHWC":
         example = example.permute(0, 2, 3, 1).contiguous()
@@ -148,15 +106,15 @@ def export(model_dir: Path, *, opset: int = OPSET, tolerance: float = PARITY_TOL
     spec = ModelSpec.load(model_dir)
     if spec.torch_source is None:
         raise ExportError(f"{model_dir / 'model.json'} names no torch_source (factory + .pth) to export")
-    model = load_torch_model(spec.torch_source, model_dir)
+    torch_engine = load_torch_engine(model_dir, spec)
     onnx_path = model_dir / spec.onnx_file
     tmp = onnx_path.with_suffix(".onnx.tmp")
     start = time.perf_counter()
     log.info("exporting %s to ONNX (opset %d, dynamic batch)", spec.name, opset)
-    export_onnx(model, spec, tmp, opset)
+    export_onnx(torch_engine.model, torch_engine.output_names, spec, tmp, opset)
     log.info("exported and checked with onnx.checker in %.1f s", time.perf_counter() - start)
     log.info("checking parity PyTorch vs ONNX Runtime on real photos (tolerance %g)", tolerance)
-    rows = check_parity(model, tmp, spec, parity_images())
+    rows = check_parity(torch_engine, tmp, spec, parity_images())
     worst = max(r.max_abs_diff for r in rows)
     print(format_parity(rows))
     if worst > tolerance:

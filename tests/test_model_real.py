@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from engine_build.export import check_parity, load_torch_model
+from engine_build.export import check_parity, load_torch_engine
 from inference.engines import create_engine
 from inference.pipeline import Detector
 from inference.spec import ModelSpec
@@ -57,9 +57,7 @@ def test_exported_onnx_has_a_dynamic_batch_axis(model_dir: Path, spec: ModelSpec
 
 
 def test_pytorch_and_onnx_agree_on_real_photos(model_dir: Path, spec: ModelSpec, photos: dict[str, np.ndarray]) -> None:  # fmt: skip
-    assert spec.torch_source is not None
-    model = load_torch_model(spec.torch_source, model_dir)
-    rows = check_parity(model, model_dir / spec.onnx_file, spec, photos)
+    rows = check_parity(load_torch_engine(model_dir, spec), model_dir / spec.onnx_file, spec, photos)
     assert {r.images for r in rows} >= {"astronaut", "coffee", "motorcycle", "all"}
     assert max(r.max_abs_diff for r in rows) <= 1e-4
 

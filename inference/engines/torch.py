@@ -29,6 +29,17 @@ def _default_output_names(spec: ModelSpec) -> list[str]:
     return [spec.decoder.output]
 
 
+def import_factory(target: str) -> Any:
+    """'package.module:callable' -> the callable."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ModelLoadError(f"torch_source.factory must look like 'package.module:callable', got {target!r}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ModelLoadError(f"cannot import factory {target!r}: {e}") from e
+
+
 class TorchEngine:
     backend = "torch"
 
@@ -66,7 +77,7 @@ class TorchEngine:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(f"torch device {self.device!r} requested but no CUDA GPU is usable")
 
-        factory = self._import_factory(source.factory)
+        factory = import_factory(source.factory)
         kwargs: dict[str, Any] = dict(source.kwargs)
         for key in source.path_kwargs:
             if key not in kwargs:
@@ -95,17 +106,16 @@ class TorchEngine:
         self.provider = f"torch {torch.__version__} on {device}"
         log.info("torch engine built %s from %s on %s", source.factory, weights, device)
 
-    @staticmethod
-    def _import_factory(target: str) -> Any:
-        module_name, sep, attr = target.partition(":")
-        if not sep or not module_name or not attr:
-            raise ModelLoadError(
-                f"torch_source.factory must look like 'package.module:callable', got {target!r}"
-            )
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise ModelLoadError(f"cannot import factory {target!r}: {e}") from e
+    @property
+    def model(self) -> Any:
+        """The loaded nn.Module (for export and parity checks)."""
+        if self._model is None:
+            raise InferenceError("the torch engine is not loaded")
+        return self._model
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         shape = input_shape(self.spec)
