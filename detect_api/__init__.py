@@ -1,0 +1,1 @@
+"""The detect API (FastAPI): POST /detect for still images, /healthz, /readyz, /model, /metrics."""

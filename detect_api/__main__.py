@@ -1,0 +1,44 @@
+"""`python -m detect_api`: read the settings (RTDETECT_* environment) once, then serve with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from detect_api.app import create_app
+from detect_api.settings import Settings
+
+log = logging.getLogger("rtdetect.detect_api")
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        print(f"invalid RTDETECT_* settings:\n{e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info(
+        "detect API on %s:%d: model %s, backend %s%s",
+        settings.host,
+        settings.port,
+        settings.model_dir,
+        settings.backend,
+        f", providers {settings.providers}" if settings.providers else "",
+    )
+    # log_config=None: uvicorn's loggers go through the root handler above, one format for every line.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The detect API: POST /detect for still images, health, model info and Prometheus metrics.
+
+`create_app(settings)` builds everything from settings; the lifespan loads the model (failing fast when it
+cannot) and starts the GPU sampler. Nothing lives in module globals, so tests build as many apps as they like.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route parameters' annotations at runtime,
+# and their bounds come from `settings` in _router's closure, which a string annotation cannot reach.
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, FastAPI, File, Query, Request, UploadFile
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry
+from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import BaseModel, Field
+
+from detect_api.errors import (
+    ApiError,
+    BodyLimitMiddleware,
+    CatchAllMiddleware,
+    ErrorBody,
+    install_error_handlers,
+)
+from detect_api.settings import Settings
+from inference.draw import draw_detections
+from inference.engines import create_engine
+from inference.imageio import decode_image, encode_jpeg
+from inference.pipeline import Detector
+from inference.spec import ModelSpec
+from inference.types import Detection, DetectionResult, DetectParams, Timings
+from observability.gpu import GpuSampler
+from observability.metrics import HTTP_LATENCY_BUCKETS, InferenceMetrics, PrometheusObserver, new_registry
+
+log = logging.getLogger("rtdetect.detect_api")
+
+# Room for the multipart framing around the file: the body limit is the file limit plus this.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+# --- response models (they document the API in /docs) --------------------------------------------------
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class DetectionOut(BaseModel):
+    label: str
+    class_id: int
+    score: float
+    box: Annotated[list[float], Field(min_length=4, max_length=4, description="x1, y1, x2, y2 in pixels")]
+
+
+class TimingsOut(BaseModel):
+    decode: float
+    preprocess: float
+    inference: float
+    postprocess: float
+    total: float
+
+
+class DetectResponse(BaseModel):
+    model: str
+    image: ImageSize
+    detections: list[DetectionOut]
+    timings_ms: TimingsOut
+
+
+class ModelOut(BaseModel):
+    name: str
+    backend: str
+    provider: str
+    input_size: list[int]
+    classes: list[str]
+    max_batch_size: int
+    max_delay_ms: float
+    max_queue: int
+
+
+# --- state -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiState:
+    settings: Settings
+    registry: CollectorRegistry
+    metrics: InferenceMetrics
+    gpu: GpuSampler | None
+    detector: Detector | None  # None until the lifespan has built it
+    owns_detector: bool
+    decode_slots: asyncio.Semaphore
+    model_name: str = ""
+    class_ids: dict[str, int] = field(default_factory=dict)  # lower-case name -> id
+
+    @property
+    def ready(self) -> bool:
+        return self.detector is not None and self.detector.ready
+
+    def require_detector(self) -> Detector:
+        if self.detector is None or not self.detector.ready:
+            raise ApiError(
+                503,
+                "not_ready",
+                "the model is not loaded yet (or the server is shutting down)",
+                {"Retry-After": str(self.settings.retry_after_s)},
+            )
+        return self.detector
+
+
+def _state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.rtdetect
+    return state
+
+
+# --- app factory -----------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings, *, detector: Detector | None = None) -> FastAPI:
+    """The detect API. Pass `detector` to use one built elsewhere (tests: on a fake engine); it is then
+    neither started nor closed here, and its metrics are whatever observer it was built with."""
+    registry = new_registry()
+    metrics = InferenceMetrics(registry, fps_window_s=settings.fps_window_s)
+    gpu = GpuSampler(registry, settings.gpu_sample_interval_s) if settings.gpu_sample_interval_s > 0 else None
+    state = ApiState(
+        settings=settings,
+        registry=registry,
+        metrics=metrics,
+        gpu=gpu,
+        detector=detector,
+        owns_detector=detector is None,
+        decode_slots=asyncio.Semaphore(settings.max_concurrent_decodes),
+    )
+
+    app = FastAPI(
+        title="rtdetect detect API",
+        version="0.1.0",
+        description="Object detection on still images: POST an image to /detect.",
+        lifespan=_lifespan,
+    )
+    app.state.rtdetect = state
+    app.include_router(_router(settings))
+    install_error_handlers(app, retry_after_s=settings.retry_after_s, is_ready=lambda: state.ready)
+    # Middleware added first runs innermost: the instrumentator (added last) sees every response, the
+    # early 413s and the catch-all 500s included.
+    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    )
+    Instrumentator(
+        should_group_status_codes=False,  # 413 and 415 tell different stories; the set of codes is small
+        should_group_untemplated=True,  # unknown paths count as handler "none": bounded cardinality
+        excluded_handlers=["^/metrics$"],
+        registry=registry,
+    ).instrument(app, latency_lowr_buckets=HTTP_LATENCY_BUCKETS).expose(app, endpoint="/metrics")
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ApiState = app.state.rtdetect
+    settings = state.settings
+    if state.gpu is not None:
+        await asyncio.to_thread(state.gpu.start)
+    try:
+        if state.owns_detector:
+            state.detector = _build_detector(settings, state.metrics)
+            # Fail fast: a server that cannot load its model must not start listening.
+            await state.detector.start()
+        if state.detector is not None:
+            _on_detector(state, state.detector)
+        yield
+    finally:
+        if state.owns_detector and state.detector is not None:
+            await state.detector.close()
+        if state.gpu is not None:
+            await asyncio.to_thread(state.gpu.stop)
+
+
+def _build_detector(settings: Settings, metrics: InferenceMetrics) -> Detector:
+    spec = ModelSpec.load(settings.model_dir)
+    engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_kwargs())
+    return Detector(
+        engine,
+        spec,
+        max_batch_size=settings.max_batch_size,
+        max_delay_ms=settings.max_delay_ms,
+        max_queue=settings.max_queue,
+        observer=PrometheusObserver(metrics),
+    )
+
+
+def _on_detector(state: ApiState, detector: Detector) -> None:
+    info = detector.info()
+    state.model_name = str(info["name"])
+    state.class_ids = {name.lower(): i for i, name in enumerate(info["classes"])}
+    state.metrics.set_model(model=info["name"], backend=info["backend"], provider=info["provider"])
+    log.info(
+        "detect API serving model %s with %s (%s)%s",
+        info["name"],
+        info["backend"],
+        info["provider"],
+        "" if detector.ready else "; the detector is not started yet",
+    )
+
+
+# --- routes ----------------------------------------------------------------------------------------------
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "Not a decodable image (empty, corrupt or truncated), or a malformed upload.",
+        413: "Upload over the size limit, or an image declaring more pixels than allowed.",
+        415: "An image of a type other than JPEG, PNG, WebP or BMP.",
+        422: "Missing file field or out-of-range parameters, or an unknown class.",
+        503: "The model is not loaded yet, or the inference queue is full (see Retry-After).",
+    }.items()
+}
+
+
+def _router(settings: Settings) -> APIRouter:
+    # Built per app: the parameter defaults and bounds come from this app's settings.
+    router = APIRouter()
+
+    @router.post(
+        "/detect",
+        response_model=DetectResponse,
+        responses={
+            **_ERRORS,
+            200: {
+                "content": {"image/jpeg": {}},
+                "description": "Detections, or the annotated image when annotated=true.",
+            },
+        },
+        summary="Detect objects in an image",
+    )
+    async def detect(
+        request: Request,
+        file: Annotated[UploadFile, File(description="The image: JPEG, PNG, WebP or BMP.")],
+        annotated: Annotated[
+            bool, Query(description="Return the image with the boxes drawn (JPEG).")
+        ] = False,
+        score_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = settings.score_threshold,
+        iou_threshold: Annotated[float, Query(ge=0.0, le=1.0)] = settings.iou_threshold,
+        max_detections: Annotated[
+            int, Query(ge=1, le=settings.max_detections)
+        ] = settings.default_max_detections,
+        classes: Annotated[
+            str | None,
+            Query(description="Comma-separated class names or ids to keep, e.g. person,car or 0,2."),
+        ] = None,
+    ) -> Response:
+        state = _state(request)
+        detector = state.require_detector()
+        params = DetectParams(
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+            classes=_parse_classes(classes, state.class_ids) if classes is not None else None,
+        )
+        data = await _read_upload(file, state.settings.max_upload_bytes)
+
+        t0 = time.perf_counter()
+        async with state.decode_slots:
+            image = await asyncio.to_thread(decode_image, data, max_pixels=state.settings.max_image_pixels)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        del data  # the encoded copy is not needed any more; the decoded one can be large
+
+        result = await detector.detect(image, params)
+        timings = replace(result.timings, decode=decode_ms, total=decode_ms + result.timings.total)
+        headers = {"Server-Timing": _server_timing(timings)}
+        model = state.model_name
+        if annotated:
+            jpeg = await asyncio.to_thread(_annotate, image, result.detections, state.settings.jpeg_quality)
+            headers["X-Detections"] = str(len(result.detections))
+            headers["X-Model"] = model
+            return Response(jpeg, media_type="image/jpeg", headers=headers)
+        return _json_result(model, result, timings, headers)
+
+    @router.get("/healthz", summary="Liveness: the process serves HTTP")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get(
+        "/readyz",
+        summary="Readiness: the model is loaded and warmed up",
+        responses={503: {"model": ErrorBody, "description": "Not ready."}},
+    )
+    async def readyz(request: Request) -> dict[str, str]:
+        detector = _state(request).require_detector()
+        return {"status": "ready", "model": str(detector.info()["name"])}
+
+    @router.get("/model", response_model=ModelOut, responses={503: {"model": ErrorBody}})
+    async def model_info(request: Request) -> ModelOut:
+        state = _state(request)
+        info = state.require_detector().info()
+        return ModelOut(
+            name=info["name"],
+            backend=info["backend"],
+            provider=info["provider"],
+            input_size=list(info["input_size"]),
+            classes=list(info["classes"]),
+            max_batch_size=info["max_batch_size"],
+            max_delay_ms=info["max_delay_ms"],
+            max_queue=state.settings.max_queue,
+        )
+
+    return router
+
+
+async def _read_upload(file: UploadFile, limit: int) -> bytes:
+    """The file's bytes, refusing one over `limit` (the body limit lets the multipart framing through)."""
+    if file.size is not None and file.size > limit:
+        raise ApiError(413, "upload_too_large", f"the file is {file.size} bytes, the limit is {limit} bytes")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "upload_too_large", f"the file is larger than the limit of {limit} bytes")
+    return data
+
+
+def _parse_classes(text: str, class_ids: dict[str, int]) -> frozenset[int]:
+    """`person, car` or `0,2` (mixed is fine) -> class ids; an unknown entry is a 422 listing the valid ones."""
+    wanted: set[int] = set()
+    unknown: list[str] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        if item.isdigit() and int(item) < len(class_ids):
+            wanted.add(int(item))
+        elif item.lower() in class_ids:
+            wanted.add(class_ids[item.lower()])
+        else:
+            unknown.append(item)
+    if unknown or not wanted:
+        names = ", ".join(class_ids)
+        problem = f"unknown class(es) {', '.join(map(repr, unknown))}" if unknown else "no class given"
+        raise ApiError(
+            422,
+            "unknown_class",
+            f"{problem}; use names or ids 0..{len(class_ids) - 1} of: {names}",
+        )
+    return frozenset(wanted)
+
+
+def _annotate(image: np.ndarray, detections: tuple[Detection, ...], quality: int) -> bytes:
+    return encode_jpeg(draw_detections(image, detections, inplace=True), quality=quality)
+
+
+def _server_timing(timings: Timings) -> str:
+    # The standard header for per-stage durations: browsers' developer tools show it.
+    return ", ".join(f"{name};dur={ms:.2f}" for name, ms in timings.to_dict().items())
+
+
+def _json_result(model: str, result: DetectionResult, timings: Timings, headers: dict[str, str]) -> Response:
+    body = DetectResponse(
+        model=model,
+        image=ImageSize(width=result.width, height=result.height),
+        detections=[DetectionOut.model_validate(d.to_dict()) for d in result.detections],
+        timings_ms=TimingsOut.model_validate(timings.to_dict()),
+    )
+    return Response(body.model_dump_json(), media_type="application/json", headers=headers)

@@ -1,0 +1,64 @@
+"""detect_api.Settings: read from RTDETECT_* only when instantiated, validated, turned into engine options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from detect_api.settings import Settings
+from inference.paths import default_model_dir
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RTDETECT_MODEL_DIR", raising=False)
+    settings = Settings()
+    assert settings.model_dir == default_model_dir()
+    assert (settings.backend, settings.port, settings.host) == ("onnxruntime", 8000, "127.0.0.1")
+    assert (settings.max_batch_size, settings.max_delay_ms, settings.max_queue) == (8, 2.0, 256)
+    assert settings.max_upload_bytes == 20 * 1024 * 1024
+    assert settings.engine_kwargs() == {}
+    assert settings.default_params().max_detections <= settings.max_detections
+
+
+def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RTDETECT_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("RTDETECT_PROVIDERS", "CUDAExecutionProvider, CPUExecutionProvider")
+    monkeypatch.setenv("RTDETECT_INTRA_OP_THREADS", "2")
+    monkeypatch.setenv("RTDETECT_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("RTDETECT_LOG_LEVEL", "debug")
+    monkeypatch.setenv("RTDETECT_MEDIA_PORT", "9999")  # the media server's variables are not ours
+    settings = Settings()
+    assert settings.model_dir == tmp_path
+    assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert settings.max_batch_size == 4 and settings.log_level == "DEBUG" and settings.port == 8000
+    assert settings.engine_kwargs() == {
+        "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        "intra_op_threads": 2,
+    }
+    monkeypatch.setenv("RTDETECT_PROVIDERS", '["CPUExecutionProvider"]')
+    assert Settings().providers == ["CPUExecutionProvider"]
+
+
+def test_other_backends_take_their_own_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTDETECT_BACKEND", "tensorrt")
+    monkeypatch.setenv("RTDETECT_ENGINE_OPTIONS", '{"engine_file": "model.fp16.engine", "device_id": 1}')
+    assert Settings().engine_kwargs() == {"engine_file": "model.fp16.engine", "device_id": 1}
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"RTDETECT_BACKEND": "tensorrt", "RTDETECT_PROVIDERS": "CPUExecutionProvider"},
+        {"RTDETECT_DEFAULT_MAX_DETECTIONS": "500"},
+        {"RTDETECT_SCORE_THRESHOLD": "1.5"},
+        {"RTDETECT_MAX_BATCH_SIZE": "0"},
+        {"RTDETECT_LOG_LEVEL": "chatty"},
+    ],
+)
+def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for key, val in env.items():
+        monkeypatch.setenv(key, val)
+    with pytest.raises(ValidationError):
+        Settings()
