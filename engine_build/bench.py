@@ -7,6 +7,7 @@ hits both alike; the figures are medians and ratios from one run, written to doc
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import platform
 import socket
@@ -106,6 +107,7 @@ async def _drive_detect(
 ) -> tuple[float, list[float]]:
     import httpx
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request drowns the table
     latencies: list[float] = []
     remaining = requests
 
