@@ -21,9 +21,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 # The CPU wheel: the default torch wheel pulls several GB of CUDA libraries that the export never uses.
-# pyproject pins torch==2.13.0, which the local version 2.13.0+cpu satisfies.
+# pyproject pins torch==2.13.0, which the local version 2.13.0+cpu satisfies; its dependencies come from PyPI.
 ARG TORCH_VERSION=2.13.0
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}"
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu "torch==${TORCH_VERSION}+cpu"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY inference/ inference/
