@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import ipaddress
 import random
 import shutil
 import socket
@@ -29,7 +30,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aioice import stun
-from aioice.turn import create_turn_endpoint
+from aioice.turn import TurnClientUdpProtocol
 from aiortc import RTCConfiguration, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from av import VideoFrame
@@ -41,6 +42,17 @@ TURN_CONF = REPO / "turn" / "turnserver.conf"
 LOOPBACK = "127.0.0.1"
 SECRET = "rtdetect-test-secret-not-for-production"
 RELAY_PORTS = 24  # allocations: one per test client, one per server peer, with room to spare
+
+
+def _env_example(key: str) -> str:
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if line.startswith(f"{key}="):
+            return line.split("=", 1)[1]
+    raise KeyError(key)
+
+
+# The private range docker-compose.yml lets coturn relay to (its own network), passed the same way here.
+COMPOSE_PEERS = _env_example("TURN_ALLOWED_PEER_IPS")
 
 
 # --- the credential scheme (no coturn needed) ------------------------------------------------------------
@@ -185,6 +197,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
         "--tls-listening-port=0",
         f"--min-port={relay.start}",
         f"--max-port={relay.stop - 1}",
+        f"--allowed-peer-ip={COMPOSE_PEERS}",  # as docker-compose.yml passes it
         "--allow-loopback-peers",  # tests only: the relay's peers are on loopback here
         f"--pidfile={work / 'turnserver.pid'}",
         f"--userdb={work / 'turndb'}",
@@ -211,22 +224,44 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
             proc.wait(timeout=10)
 
 
-async def _allocate(server: Coturn, username: str, password: str) -> tuple[str, int]:
-    """A TURN allocation over UDP; returns the relayed address or raises stun.TransactionFailed."""
-    transport, _ = await asyncio.wait_for(
-        create_turn_endpoint(
-            asyncio.DatagramProtocol,
-            server_addr=(LOOPBACK, server.port),
+@contextlib.asynccontextmanager
+async def _allocation(server: Coturn, username: str, password: str) -> AsyncIterator[TurnClientUdpProtocol]:
+    """A TURN allocation over UDP (aioice's client); raises stun.TransactionFailed when refused."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: TurnClientUdpProtocol(
+            (LOOPBACK, server.port),
             username=username,
             password=password,
+            lifetime=600,
+            channel_refresh_time=500,
         ),
-        timeout=10,
+        remote_addr=(LOOPBACK, server.port),
     )
     try:
-        relayed: tuple[str, int] = transport.get_extra_info("sockname")
-        return relayed
+        await asyncio.wait_for(protocol.connect(), timeout=10)
+        yield protocol
+        await protocol.delete()
     finally:
         transport.close()
+
+
+async def _allocate(server: Coturn, username: str, password: str) -> tuple[str, int]:
+    async with _allocation(server, username, password) as protocol:
+        assert protocol.relayed_address is not None
+        return protocol.relayed_address
+
+
+async def _create_permission(protocol: TurnClientUdpProtocol, peer: str) -> int:
+    """CreatePermission for `peer`: 200, or coturn's error code. No packet goes to the peer."""
+    request = stun.Message(message_method=stun.Method.CREATE_PERMISSION, message_class=stun.Class.REQUEST)
+    request.attributes["XOR-PEER-ADDRESS"] = (peer, 9)
+    try:
+        await asyncio.wait_for(protocol.request_with_retry(request), timeout=10)
+    except stun.TransactionFailed as e:
+        code: int = e.response.attributes["ERROR-CODE"][0]
+        return code
+    return 200
 
 
 async def test_coturn_grants_an_allocation_to_a_fresh_credential(coturn: Coturn) -> None:
@@ -234,6 +269,18 @@ async def test_coturn_grants_an_allocation_to_a_fresh_credential(coturn: Coturn)
     host, port = await _allocate(coturn, username, password)
     assert host == LOOPBACK
     assert port in coturn.relay_ports, "the relay port lies outside the configured min-port..max-port"
+
+
+async def test_coturn_relays_to_the_compose_network_and_to_no_other_private_range(coturn: Coturn) -> None:
+    """turnserver.conf denies private ranges; compose allows back its own network (TURN_ALLOWED_PEER_IPS)."""
+    first, last = (ipaddress.ip_address(a) for a in COMPOSE_PEERS.split("-"))
+    username, password = turn_credentials(SECRET, "camera-1", 600, time.time())
+    async with _allocation(coturn, username, password) as protocol:
+        for allowed in (first, first + 10, last):
+            assert await _create_permission(protocol, str(allowed)) == 200, allowed
+        denied = ["10.0.0.5", "172.16.0.1", str(last + 1), "192.168.1.20", "169.254.169.254", "100.64.0.1"]
+        for peer in denied:
+            assert await _create_permission(protocol, peer) == 403, peer
 
 
 @pytest.mark.parametrize(
