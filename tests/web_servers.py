@@ -1,0 +1,127 @@
+"""The real servers as subprocesses on loopback, for the UI tests: started, waited for, stopped."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = "127.0.0.1"
+
+# The media server through its app factory (the contract), independent of any command-line entry point.
+MEDIA_SERVER_LAUNCHER = """
+import logging, sys
+from aiohttp import web
+from media_server.app import create_app
+from media_server.settings import Settings
+logging.basicConfig(level=logging.INFO)
+settings = Settings()
+web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def server_process(
+    name: str, argv: list[str], env: Mapping[str, str], ready_url: str, log_dir: Path, timeout_s: float = 60
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `argv` until the block ends; ready once `ready_url` answers 200. Its log is attached to failures."""
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
+                try:
+                    if requests.get(ready_url, timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} not ready within {timeout_s} s:\n{tail(log_path)}")
+                time.sleep(0.1)  # polling a health URL until a deadline
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def media_server(model_dir: Path, log_dir: Path) -> Iterator[str]:
+    """The real media server with the real model, ICE host candidates on loopback; yields its URL."""
+    port = free_port()
+    env = {
+        "RTDETECT_MEDIA_HOST": LOOPBACK,
+        "RTDETECT_MEDIA_PORT": str(port),
+        "RTDETECT_MEDIA_MODEL_DIR": str(model_dir),
+        "RTDETECT_MEDIA_ICE_HOST_ADDRESSES": LOOPBACK,
+        "RTDETECT_MEDIA_ICE_SERVERS": "[]",
+    }
+    url = f"http://{LOOPBACK}:{port}"
+    argv = [sys.executable, "-c", MEDIA_SERVER_LAUNCHER]
+    with server_process("media_server", argv, env, f"{url}/readyz", log_dir):
+        yield url
+
+
+@contextmanager
+def detect_api(model_dir: Path, log_dir: Path) -> Iterator[str]:
+    """The real detect API (`python -m detect_api`, as `make run` starts it) with the real model."""
+    port = free_port()
+    env = {
+        "RTDETECT_HOST": LOOPBACK,
+        "RTDETECT_PORT": str(port),
+        "RTDETECT_MODEL_DIR": str(model_dir),
+        "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0",
+    }
+    url = f"http://{LOOPBACK}:{port}"
+    with server_process("detect_api", [sys.executable, "-m", "detect_api"], env, f"{url}/readyz", log_dir):
+        yield url
+
+
+@contextmanager
+def streamlit_ui(log_dir: Path, env: Mapping[str, str]) -> Iterator[str]:
+    """`streamlit run web/app.py` as `make run` starts it, on a free port; yields its URL."""
+    port = free_port()
+    argv = [
+        str(Path(sys.executable).parent / "streamlit"),
+        "run",
+        str(ROOT / "web" / "app.py"),
+        "--server.port",
+        str(port),
+        "--server.address",
+        LOOPBACK,
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
+    url = f"http://{LOOPBACK}:{port}"
+    with server_process("streamlit", argv, env, f"{url}/_stcore/health", log_dir):
+        yield url
