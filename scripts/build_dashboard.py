@@ -519,7 +519,8 @@ def build() -> dict[str, Any]:
                     "type": "query",
                     "datasource": dict(DATASOURCE),
                     "definition": "label_values(up, instance)",
-                    "query": {"qryType": 1, "query": "label_values(up, instance)", "refId": "instance"},
+                    # The classic string form: every Grafana version since 7 parses it.
+                    "query": "label_values(up, instance)",
                     "refresh": 2,  # on time range change: instances come and go
                     "sort": 1,
                     "multi": True,

@@ -237,7 +237,7 @@ def test_dashboard_structure() -> None:
     # The instance variable, fed from `up`, with an "All" that matches every instance.
     (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
     assert variable["type"] == "query" and variable["includeAll"] and variable["allValue"] == INSTANCE_ALL
-    assert variable["definition"] == "label_values(up, instance)"
+    assert variable["definition"] == variable["query"] == "label_values(up, instance)"
 
     for panel in _query_panels(dashboard):
         title = panel["title"]
