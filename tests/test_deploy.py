@@ -131,8 +131,9 @@ def test_gpu_stack_reserves_the_gpu_for_backend_and_media_server_only(gpu_config
         assert len(devices) == 1, f"{name}: {devices}"
         assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
         assert services[name]["build"]["target"] == "gpu"
+        # The entrypoint builds an engine when either name says tensorrt: both must agree.
         assert _env(services[name])["RTDETECT_BACKEND"] == "tensorrt"
-    assert _env(services["media-server"])["RTDETECT_MEDIA_BACKEND"] == "tensorrt"
+        assert _env(services[name])["RTDETECT_MEDIA_BACKEND"] == "tensorrt"
     for name in STACK - GPU_SERVICES:
         assert not _devices(services[name]), f"{name} must not reserve a GPU"
     # GPU telemetry only on request.
@@ -150,8 +151,9 @@ def test_cpu_stack_reserves_no_device(files: list[str], empty_env_file: Path) ->
     for name in GPU_SERVICES:
         assert services[name]["build"]["target"] == "cpu"
     if "docker-compose.cpu.yml" in files:
-        assert _env(services["backend"])["RTDETECT_BACKEND"] == "onnxruntime"
-        assert _env(services["media-server"])["RTDETECT_MEDIA_BACKEND"] == "onnxruntime"
+        for name in GPU_SERVICES:
+            assert _env(services[name])["RTDETECT_BACKEND"] == "onnxruntime"
+            assert _env(services[name])["RTDETECT_MEDIA_BACKEND"] == "onnxruntime"
 
 
 def test_start_up_is_ordered_by_health(gpu_config: dict[str, Any]) -> None:
