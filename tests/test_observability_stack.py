@@ -368,8 +368,6 @@ class Load:
     photo_bgr: np.ndarray
     fps: float = 10.0
     detect_every_s: float = 0.25
-    requests_sent: int = 0
-    frames_back: int = 0
     error: BaseException | None = None
     peer_connected: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -407,13 +405,13 @@ class Load:
                     await peer.connect(http)
                     await peer.wait_for_frames(5, limit_s=30)
                     self.peer_connected.set()
-                    await self._requests(http, jpeg.tobytes(), peer)
+                    await self._requests(http, jpeg.tobytes())
                 finally:
                     await peer.close()
         finally:
             addresses.uninstall()
 
-    async def _requests(self, http: aiohttp.ClientSession, jpeg: bytes, peer: SyntheticPeer) -> None:
+    async def _requests(self, http: aiohttp.ClientSession, jpeg: bytes) -> None:
         form = aiohttp.FormData()
         form.add_field("file", b"not an image", filename="notes.txt", content_type="text/plain")
         async with http.post(f"{self.api_url}/detect", data=form) as resp:
@@ -427,8 +425,6 @@ class Load:
                 assert any(d["label"] == "person" for d in body["detections"]), body
             async with http.get(f"{self.api_url}/healthz") as resp:
                 assert resp.status == 200
-            self.requests_sent += 1
-            self.frames_back = len(peer.echoes)
             await asyncio.sleep(self.detect_every_s)  # request pacing, not a wait for a condition
 
 
@@ -440,7 +436,6 @@ class Stack:
     has_gpu: bool
     load: Load
     processes: list[Process]
-    prometheus_config: Path
 
     def query(self, expr: str) -> dict[str, Any]:
         resp = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": expr}, timeout=10)
@@ -564,7 +559,7 @@ def stack(
             lambda: load.peer_connected.is_set() or load.error is not None, 60, "a live peer", processes
         )
         load.check()
-        yield Stack(prometheus_url, api_url, media_url, _has_gpu(), load, processes, config)
+        yield Stack(prometheus_url, api_url, media_url, _has_gpu(), load, processes)
     finally:
         if load is not None:
             load.stop()
