@@ -7,11 +7,11 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -165,9 +165,27 @@ def run_live_session(page: Page, media_url: str, ui_url: str, source: np.ndarray
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
 
     # STOP ends the session on the media server too (the relay closes its peer connection).
-    assert requests.get(f"{media_url}/peers", timeout=5).json()["peers"]
+    [first] = peers(media_url)
     component.get_by_role("button", name="STOP").click()
-    deadline = time.monotonic() + 15
-    while requests.get(f"{media_url}/peers", timeout=5).json()["peers"]:
-        assert time.monotonic() < deadline, "the media server still has the relay's peer after STOP"
+    wait_until(page, lambda: not peers(media_url), 15, "the media server to drop the relay's peer after STOP")
+    expect(page.get_by_text("Press START")).to_be_visible(timeout=15_000)
+
+    # START again: a new relay, a new peer on the media server, detections again.
+    component.get_by_role("button", name="START").click()
+    wait_until(page, lambda: len(peers(media_url)) == 1, 30, "a new peer after the second START")
+    [second] = peers(media_url)
+    assert second["peer_id"] != first["peer_id"]
+    wait_until(page, lambda: peers(media_url)[0]["frames_inferred"] > 0, 30, "frames from the second session")
+    expect(page.locator("table").filter(has_text="person")).to_be_visible(timeout=60_000)
+
+
+def peers(media_url: str) -> list[dict[str, Any]]:
+    body: dict[str, list[dict[str, Any]]] = requests.get(f"{media_url}/peers", timeout=5).json()
+    return body["peers"]
+
+
+def wait_until(page: Page, condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
         page.wait_for_timeout(200)
