@@ -62,7 +62,7 @@ RATE_WINDOW = "1m"
 SCHEMA_VERSIONS = range(36, 42)
 GRID_WIDTH = 24
 
-STACK_TIMEOUT_S = 150.0  # servers up, scrapes, rule evaluations under load; typically about 40 s
+STACK_TIMEOUT_S = 150.0  # servers up, two scrapes and rule evaluations under load: typically 15-20 s
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -135,10 +135,6 @@ def _is_dcgm(expr: str) -> bool:
 
 def _is_nvml_gpu(expr: str) -> bool:
     return re.search(r"\bgpu_\w+", expr) is not None or "instance_gpu:" in expr
-
-
-def _is_gpu(expr: str) -> bool:
-    return _is_dcgm(expr) or _is_nvml_gpu(expr)
 
 
 def _recorded_names() -> list[str]:
