@@ -87,7 +87,7 @@ def render(settings: Settings) -> None:
 
     files = st.file_uploader("Photos", accept_multiple_files=True, key="uploads")
     if not files:
-        st.info("Drop one or more photos (JPEG, PNG, WebP, BMP, TIFF) to detect objects in them.")
+        st.info("Drop one or more photos (JPEG, PNG, WebP or BMP) to detect objects in them.")
         return
 
     for uploaded in files:
