@@ -17,18 +17,19 @@ from typing import Literal
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference.errors import ModelLoadError, OverloadedError
-from inference.observer import InferenceObserver
 from inference.types import DetectParams
 from media_server.detector import DetectorLike, build_detector
-from media_server.ice import HostAddressOverride, rtc_configuration
+from media_server.ice import HostAddressOverride, client_ice_servers, server_rtc_configuration
 from media_server.peers import OfferError, PeerRegistry, PeerSession
 from media_server.settings import PipelineMode, Settings
 from media_server.track import LivePipeline, NaivePipeline, PeerMedia
+from observability.gpu import GpuSampler
 from observability.live import LiveMetrics
+from observability.metrics import InferenceMetrics, PrometheusObserver, new_registry, render
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class ServerState:
     settings: Settings
     registry: CollectorRegistry
     metrics: LiveMetrics
+    inference_metrics: InferenceMetrics
+    gpu: GpuSampler | None
     detector: DetectorLike
     owns_detector: bool
     peers: PeerRegistry
@@ -130,7 +133,7 @@ async def offer(request: web.Request) -> web.Response:
         raise ApiError(503, "not_ready", "the model is not loaded yet", retry_after=settings.retry_after_s)
 
     params = DetectParams(score_threshold=settings.score_threshold)
-    pc = RTCPeerConnection(configuration=rtc_configuration(settings.ice_servers))
+    pc = RTCPeerConnection(configuration=server_rtc_configuration(settings))
     media: PeerMedia
     if settings.pipeline is PipelineMode.NAIVE:
         media = NaivePipeline(state.detector, state.metrics, params=params)
@@ -168,8 +171,9 @@ async def offer(request: web.Request) -> web.Response:
 
 
 async def ice_servers(request: web.Request) -> web.Response:
-    settings = request.app[STATE].settings
-    return web.json_response({"iceServers": [s.to_browser() for s in settings.ice_servers]})
+    # Fresh TURN credentials on every call: never cache this response.
+    servers = client_ice_servers(request.app[STATE].settings)
+    return web.json_response({"iceServers": servers}, headers={"Cache-Control": "no-store"})
 
 
 async def client_config(request: web.Request) -> web.Response:
@@ -177,7 +181,7 @@ async def client_config(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
         {
-            "iceServers": [s.to_browser() for s in state.settings.ice_servers],
+            "iceServers": client_ice_servers(state.settings),
             "scoreThreshold": state.settings.score_threshold,
             "codec": state.settings.codec,
             "model": state.detector.info() if state.detector.ready else None,
@@ -204,11 +208,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[STATE].registry)
-    response = web.Response(body=body)
-    response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
-    response.charset = "utf-8"
-    return response
+    body, content_type = render(request.app[STATE].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def peers(request: web.Request) -> web.Response:
@@ -225,30 +226,23 @@ async def index(request: web.Request) -> web.FileResponse:
 # --- app factory ----------------------------------------------------------------------------------------
 
 
-def _inference_observer(registry: CollectorRegistry) -> InferenceObserver | None:
-    """The shared inference metrics, on this app's registry."""
-    try:
-        from observability.metrics import InferenceMetrics, PrometheusObserver
-    except ImportError:  # observability.metrics not present in this checkout: no inference metrics
-        logger.warning("observability.metrics is missing: inference metrics are not exported")
-        return None
-    observer: InferenceObserver = PrometheusObserver(InferenceMetrics(registry))
-    return observer
-
-
 def create_app(
     settings: Settings, *, detector: DetectorLike | None = None, registry: CollectorRegistry | None = None
 ) -> web.Application:
     """The media server app. Pass `detector` to share one (it is then neither started nor closed here)."""
-    registry = registry if registry is not None else CollectorRegistry()
+    registry = registry if registry is not None else new_registry()
     live_metrics = LiveMetrics(registry)
+    inference_metrics = InferenceMetrics(registry, fps_window_s=settings.fps_window_s)
     owns_detector = detector is None
     if detector is None:
-        detector = build_detector(settings, observer=_inference_observer(registry))
+        detector = build_detector(settings, observer=PrometheusObserver(inference_metrics))
+    interval = settings.gpu_sample_interval_s
     state = ServerState(
         settings=settings,
         registry=registry,
         metrics=live_metrics,
+        inference_metrics=inference_metrics,
+        gpu=GpuSampler(registry, interval) if interval > 0 else None,
         detector=detector,
         owns_detector=owns_detector,
         peers=PeerRegistry(settings.max_peers, live_metrics),
@@ -286,7 +280,16 @@ async def _startup(app: web.Application) -> None:
         except ModelLoadError:
             logger.error("cannot load the model from %s", state.settings.model_dir)
             raise
-    logger.info("media server ready: %s", state.detector.info())
+    info = state.detector.info()
+    state.inference_metrics.set_model(model=info["name"], backend=info["backend"], provider=info["provider"])
+    if state.gpu is not None:
+        await asyncio.to_thread(state.gpu.start)
+    logger.info(
+        "media server ready: model %s, backend %s, provider %s",
+        info["name"],
+        info["backend"],
+        info["provider"],
+    )
 
 
 async def _shutdown(app: web.Application) -> None:
@@ -297,6 +300,8 @@ async def _shutdown(app: web.Application) -> None:
 async def _cleanup(app: web.Application) -> None:
     state = app[STATE]
     await state.peers.close_all("shutdown")
+    if state.gpu is not None:
+        await asyncio.to_thread(state.gpu.stop)
     if state.owns_detector:
         await state.detector.close()
     await asyncio.to_thread(state.executor.shutdown, wait=True)

@@ -61,7 +61,7 @@ def build_detector(settings: Settings, observer: InferenceObserver | None = None
     from inference.pipeline import Detector  # the batcher lives there; imported when a server starts
 
     spec = ModelSpec.load(settings.model_dir)
-    engine: Engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_options)
+    engine: Engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_kwargs())
     if settings.engine_delay_ms > 0:
         engine = SlowEngine(engine, settings.engine_delay_ms / 1e3)
     detector: DetectorLike = Detector(

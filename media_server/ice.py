@@ -12,12 +12,13 @@ import ipaddress
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCConfiguration
 
-from media_server.settings import IceServer
+from media_server.settings import Settings
+from media_server.turn import ice_servers_for_client, to_rtc_ice_servers
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,22 @@ class HostAddressGetter(Protocol):
     def __call__(self, use_ipv4: bool, use_ipv6: bool) -> list[str]: ...
 
 
-def rtc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
-    """Always an explicit list: with `iceServers=None` aiortc falls back to Google's public STUN server."""
-    return RTCConfiguration(
-        iceServers=[
-            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers
-        ]
-    )
+def _ice_servers(settings: Settings, turn_urls: Sequence[str], user: str) -> list[dict[str, Any]]:
+    secret = settings.turn_secret.get_secret_value() if settings.turn_secret is not None else None
+    static = [s.to_browser() for s in settings.ice_servers]
+    return ice_servers_for_client(turn_urls, secret, settings.turn_ttl_s, user, static)
+
+
+def client_ice_servers(settings: Settings) -> list[dict[str, Any]]:
+    """The browser's iceServers: the static servers, then TURN with credentials fresh for this request."""
+    return _ice_servers(settings, settings.turn_urls, "browser")
+
+
+def server_rtc_configuration(settings: Settings) -> RTCConfiguration:
+    """The server peer's configuration. Always an explicit list: with `iceServers=None` aiortc falls back
+    to Google's public STUN server."""
+    servers = _ice_servers(settings, settings.turn_server_urls, "media-server")
+    return RTCConfiguration(iceServers=to_rtc_ice_servers(servers))
 
 
 class HostAddressOverride:

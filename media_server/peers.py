@@ -252,6 +252,8 @@ class PeerRegistry:
         self._metrics = metrics
         self._peers: dict[str, PeerSession] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -268,12 +270,19 @@ class PeerRegistry:
         if len(self._peers) >= self.max_peers:
             return False
         self._peers[session.id] = session
+        self._empty.clear()
         self._metrics.active_peers.set(len(self._peers))
         return True
 
     def remove(self, session: PeerSession) -> None:
         if self._peers.pop(session.id, None) is not None:
             self._metrics.active_peers.set(len(self._peers))
+            if not self._peers:
+                self._empty.set()
+
+    async def wait_empty(self, limit_s: float) -> None:
+        """Wait until no peer is left (TimeoutError after `limit_s`)."""
+        await asyncio.wait_for(self._empty.wait(), limit_s)
 
     def closing(self, task: asyncio.Task[None]) -> None:
         # Hold a reference until done (the loop keeps only weak ones) so shutdown can await it.

@@ -9,10 +9,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inference.paths import default_model_dir
+from inference.types import DetectParams
+from media_server.turn import validate_ice_url
+
+_DEFAULTS = DetectParams()
 
 
 class BackpressurePolicy(StrEnum):
@@ -58,6 +62,8 @@ def _split_list(value: Any) -> Any:
     """Env values may be JSON (`["a", "b"]`) or comma-separated (`a,b`): the latter is what operators type."""
     if isinstance(value, str):
         text = value.strip()
+        if not text:
+            return []
         if text.startswith("["):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
@@ -67,26 +73,38 @@ def _split_list(value: Any) -> Any:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RTDETECT_MEDIA_", extra="ignore", frozen=True)
 
-    # Model and batching: the same knobs as the detect API.
+    # Model, engine and batching: the same knobs as the detect API.
     model_dir: Path = Field(default_factory=default_model_dir)
     backend: str = "onnxruntime"
+    # onnxruntime only: execution providers in order of preference (comma-separated or JSON); None lets the
+    # engine pick the best available.
+    providers: Annotated[list[str] | None, NoDecode] = None
+    intra_op_threads: int = Field(default=0, ge=0)  # onnxruntime only; 0: its own default
+    # Any other keyword arguments of the chosen engine (JSON), e.g. {"engine_file": "model.fp16.engine"}.
     engine_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     max_batch_size: int = Field(default=8, ge=1)
     max_delay_ms: float = Field(default=2.0, ge=0.0)
-    max_queue: int = Field(default=64, ge=1)
+    max_queue: int = Field(default=256, ge=1)
 
-    # HTTP.
-    host: str = "0.0.0.0"
+    # HTTP. Docker sets RTDETECT_MEDIA_HOST=0.0.0.0; a developer's machine only listens locally by default.
+    host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
 
     # WebRTC. No public STUN by default: an explicit, possibly empty, list always reaches aiortc.
     ice_servers: Annotated[list[IceServer], NoDecode] = Field(default_factory=list)
-    # Addresses offered as host ICE candidates (loopback in tests, the public address behind a 1:1 NAT).
+    # Addresses offered as host ICE candidates (loopback in tests, the container's address behind a NAT).
     # Empty: aioice's own interface discovery, which leaves loopback out.
     ice_host_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # 1:1 NAT: host candidates bound on a private address are announced as the public one
     # ("10.0.0.5=203.0.113.7,..." or JSON).
     ice_announced_addresses: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # TURN with short-lived credentials (media_server/turn.py, coturn's use-auth-secret): browsers get
+    # `turn_urls` from GET /ice-servers; the server's own peers use `turn_server_urls` (coturn as the server
+    # reaches it, e.g. inside a compose network). Both need `turn_secret`.
+    turn_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    turn_server_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    turn_secret: SecretStr | None = None
+    turn_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     codec: Literal["auto", "VP8", "H264"] = "auto"  # "auto": the browser's preference
 
     # Limits and lifecycle.
@@ -100,7 +118,7 @@ class Settings(BaseSettings):
     pipeline: PipelineMode = PipelineMode.DETECT
     backpressure: BackpressurePolicy = BackpressurePolicy.LATEST
     buffer_size: int = Field(default=2, ge=1, le=30)  # drop_oldest only
-    score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    score_threshold: float = Field(default=_DEFAULTS.score_threshold, ge=0.0, le=1.0)
     # Boxes older than this (relative to the frame they would be drawn on) are not drawn: a stalled
     # engine must not leave stale boxes frozen over live video.
     max_detection_age_ms: float = Field(default=1000.0, gt=0.0)
@@ -108,6 +126,9 @@ class Settings(BaseSettings):
     # frame interval.
     engine_delay_ms: float = Field(default=0.0, ge=0.0)
 
+    # Observability. 0 turns the GPU sampler off.
+    gpu_sample_interval_s: float = Field(default=2.0, ge=0.0)
+    fps_window_s: float = Field(default=5.0, gt=0.0)
     log_level: str = "INFO"
 
     @field_validator("ice_servers", mode="before")
@@ -118,10 +139,32 @@ class Settings(BaseSettings):
             return json.loads(text) if text else []
         return value
 
-    @field_validator("ice_host_addresses", mode="before")
+    @field_validator("ice_host_addresses", "turn_urls", "turn_server_urls", mode="before")
     @classmethod
-    def _parse_addresses(cls, value: Any) -> Any:
+    def _parse_lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _parse_providers(cls, value: Any) -> Any:
+        value = _split_list(value)
+        return value or None  # empty: the engine's own choice
+
+    @field_validator("turn_urls", "turn_server_urls")
+    @classmethod
+    def _turn_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not validate_ice_url(url).startswith("turn"):
+                raise ValueError(f"TURN URLs must start with turn: or turns:, got {url!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
 
     @field_validator("ice_announced_addresses", mode="before")
     @classmethod
@@ -148,9 +191,22 @@ class Settings(BaseSettings):
         return [str(ipaddress.ip_address(v)) for v in value]
 
     @model_validator(mode="after")
-    def _valid_ice_urls(self) -> Settings:
+    def _consistent(self) -> Settings:
         for server in self.ice_servers:
             for url in server.urls:
-                if not url.startswith(("stun:", "turn:", "turns:")):
-                    raise ValueError(f"ICE server URL {url!r} must start with stun:, turn: or turns:")
+                validate_ice_url(url)
+        if (self.turn_urls or self.turn_server_urls) and self.turn_secret is None:
+            raise ValueError("TURN URLs are configured but no turn_secret: coturn would refuse every peer")
+        if self.backend != "onnxruntime" and (self.providers is not None or self.intra_op_threads):
+            raise ValueError("providers and intra_op_threads apply to the onnxruntime backend only")
         return self
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `inference.engines.create_engine`."""
+        options: dict[str, Any] = dict(self.engine_options)
+        if self.backend == "onnxruntime":
+            if self.providers is not None:
+                options["providers"] = list(self.providers)
+            if self.intra_op_threads:
+                options["intra_op_threads"] = self.intra_op_threads
+        return options

@@ -1,0 +1,124 @@
+"""Real headless Chromium with a fake camera (a real photo of a person) against the real media server.
+
+Chromium comes from Debian (`chromium`), driven by Python Playwright with executable_path: Playwright's own
+browser download is never used.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.media_support import loopback_settings, running_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream=fps=30",
+    "--allow-loopback-in-peer-connection",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
+    ),
+]
+
+
+def write_y4m(
+    path: Path, photo_bgr: np.ndarray, *, frames: int = 30, width: int = 640, height: int = 480
+) -> Path:
+    """A still photo as a Y4M clip: Chromium's fake camera loops it."""
+    frame = cv2.resize(photo_bgr, (width, height), interpolation=cv2.INTER_AREA)
+    i420 = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes()
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n")
+            f.write(i420)
+    return path
+
+
+async def _wait(page: Any, expression: str, timeout_ms: float, what: str) -> Any:
+    try:
+        return await page.wait_for_function(expression, timeout=timeout_ms, polling=100)
+    except Exception as e:  # Playwright's TimeoutError; report what the page saw instead
+        snapshot = await page.evaluate(
+            "() => ({status: window.rtdetect.status, error: window.rtdetect.error, "
+            "decoded: window.rtdetect.framesDecoded, presented: window.rtdetect.framesPresented, "
+            "results: window.rtdetect.results})"
+        )
+        raise AssertionError(f"timed out waiting for {what}; page state {snapshot}") from e
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_chromium_page_shows_annotated_video_and_detections(
+    codec: str, model_dir: Path, photos: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    playwright_api = pytest.importorskip("playwright.async_api")
+    clip = write_y4m(tmp_path / "astronaut.y4m", photos["astronaut"])
+    settings = loopback_settings(model_dir=model_dir)
+    async with running_server(settings) as server, playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"],
+        )
+        try:
+            page = await browser.new_page()
+            console: list[str] = []
+            page.on("console", lambda msg: console.append(msg.text))
+            await page.goto(server.url + "/")
+            await page.select_option("#codec", codec)
+            await page.click("#start")
+
+            await _wait(page, "() => window.rtdetect.status === 'connected'", 20_000, "the connection")
+            # The returned video plays: real dimensions and decoded frames increasing.
+            await _wait(page, "() => document.getElementById('remote').videoWidth > 0", 20_000, "video size")
+            first = await page.evaluate("() => window.rtdetect.framesPresented")
+            await _wait(
+                page,
+                f"() => window.rtdetect.framesPresented >= {first} + 60",
+                20_000,
+                "60 more presented frames",
+            )
+            assert await page.evaluate("() => document.getElementById('remote').videoWidth") == 640
+            decoded = await page.evaluate("() => window.rtdetect.framesDecoded")
+            await _wait(
+                page, f"() => window.rtdetect.framesDecoded > {decoded}", 5_000, "more decoded frames"
+            )
+
+            # Detections from the data channel reach the page and its list: the fake camera shows a person.
+            await _wait(
+                page,
+                "() => [...document.querySelectorAll('#detections td:first-child')]"
+                ".some(td => td.textContent === 'person')",
+                20_000,
+                "a person in the detections list",
+            )
+            # The page measures the round trip from the numbers it stamps into its frames.
+            await _wait(page, "() => window.rtdetect.rttMs.length >= 10", 10_000, "round-trip measurements")
+            rtts = await page.evaluate("() => window.rtdetect.rttMs")
+            assert 0 < float(np.median(rtts)) < 1000, rtts
+            assert server.state.peers.max_peers >= len(server.state.peers) == 1
+
+            await page.click("#stop")
+            await _wait(page, "() => window.rtdetect.status === 'idle'", 5_000, "the stop")
+            await server.state.peers.wait_empty(10.0)
+            assert not [line for line in console if "error" in line.lower()], console
+        finally:
+            await browser.close()
