@@ -281,8 +281,14 @@ class PeerRegistry:
                 self._empty.set()
 
     async def wait_empty(self, limit_s: float) -> None:
-        """Wait until no peer is left (TimeoutError after `limit_s`)."""
-        await asyncio.wait_for(self._empty.wait(), limit_s)
+        """Wait until no peer is left and every close has finished (TimeoutError after `limit_s`)."""
+
+        async def settled() -> None:
+            await self._empty.wait()
+            while self._closing:
+                await asyncio.gather(*list(self._closing), return_exceptions=True)
+
+        await asyncio.wait_for(settled(), limit_s)
 
     def closing(self, task: asyncio.Task[None]) -> None:
         # Hold a reference until done (the loop keeps only weak ones) so shutdown can await it.

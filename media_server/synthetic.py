@@ -108,10 +108,17 @@ class NumberedTrack(MediaStreamTrack):
         self.sent = 0
         self.sent_at: dict[int, float] = {}  # number mod 2**16 -> time.monotonic() when handed to the encoder
         self._start: float | None = None
+        self._running = asyncio.Event()
+        self._running.set()
+
+    def pause(self) -> None:
+        """Stop producing frames without ending the track: a frozen camera, or a client that went silent."""
+        self._running.clear()
 
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
+        await self._running.wait()
         n = self.sent
         now = time.monotonic()
         if self._start is None:
