@@ -17,33 +17,33 @@ from av import VideoFrame
 
 from inference.draw import draw_detections
 from inference.types import Detection
+from media_server.frames import i420_array
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Overlay:
-    """The detections of one result, rendered for one frame size."""
+    """The detections of one result, rendered for one (even) frame size."""
 
     detections: tuple[Detection, ...]
     width: int
     height: int
-    # Flat indices into the I420 array of the pixels the drawing covers, and their values. None when the
-    # frame size has no I420 layout (odd sizes): those frames take the slower BGR path.
-    indices: np.ndarray | None
-    values: np.ndarray | None
+    indices: np.ndarray  # flat indices into the I420 array of the pixels the drawing covers
+    values: np.ndarray  # their values, limited range (yuv420p)
+    values_full: np.ndarray  # the same, full range (yuvj420p, what browsers' H264 often decodes to)
     _resized: dict[tuple[int, int], Overlay] = dataclasses.field(default_factory=dict, repr=False)
 
     def apply(self, frame: VideoFrame) -> VideoFrame:
-        """A new frame with the boxes drawn; pts and time_base are the input's. The input is not modified
-        (a worker thread may still be reading it for inference)."""
+        """A new frame with the boxes drawn, in the input's pixel format, with its pts and time_base.
+
+        `frame` must be normalized (`media_server.frames.normalize`). It is read through its plane buffers
+        and not modified: a worker thread may be converting it for inference at the same time.
+        """
         if (frame.width, frame.height) != (self.width, self.height):
             return self.resized(frame.width, frame.height).apply(frame)
-        if self.indices is not None and self.values is not None and frame.format.name == "yuv420p":
-            yuv = frame.to_ndarray(format="yuv420p")  # a copy: (H * 3 / 2, W)
-            yuv.reshape(-1)[self.indices] = self.values
-            out = VideoFrame.from_ndarray(yuv, format="yuv420p")
-        else:
-            bgr = draw_detections(frame.to_ndarray(format="bgr24"), self.detections, inplace=True)
-            out = VideoFrame.from_ndarray(bgr, format="bgr24")
+        i420 = i420_array(frame)
+        full_range = frame.format.name == "yuvj420p"
+        i420.reshape(-1)[self.indices] = self.values_full if full_range else self.values
+        out = VideoFrame.from_ndarray(i420, format=frame.format.name)
         out.pts = frame.pts
         if frame.time_base is not None:
             out.time_base = frame.time_base
@@ -65,11 +65,16 @@ class Overlay:
         return overlay
 
 
+# Limited range (video levels) -> full range (JPEG levels).
+_Y_TO_FULL = np.clip(np.round((np.arange(256) - 16) * (255 / 219)), 0, 255).astype(np.uint8)
+_C_TO_FULL = np.clip(np.round(128 + (np.arange(256) - 128) * (255 / 224)), 0, 255).astype(np.uint8)
+
+
 def render_overlay(detections: Sequence[Detection], width: int, height: int) -> Overlay:
     """Render `detections` once into an I420 overlay (a few ms: call it in a worker thread)."""
+    if width % 2 or height % 2:
+        raise ValueError(f"I420 needs even frame sides, got {width}x{height} (normalize the frame first)")
     dets = tuple(detections)
-    if width % 2 or height % 2 or not dets:
-        return Overlay(dets, width, height, None, None)
     # Draw on black and on white: a pixel the drawing left alone keeps its background in both, so this
     # finds the covered pixels even where the drawing itself is black or white (tag text), and gives each
     # pixel's coverage for anti-aliased edges.
@@ -92,6 +97,8 @@ def render_overlay(detections: Sequence[Detection], width: int, height: int) -> 
     chroma = area >= 128
     # I420 is the Y plane, then U, then V, each contiguous: the mask flattens the same way.
     flat_chroma = chroma.reshape(-1)
-    full = np.concatenate([mask.reshape(-1), flat_chroma, flat_chroma])
-    indices = np.flatnonzero(full)
-    return Overlay(dets, width, height, indices, i420.reshape(-1)[indices])
+    indices = np.flatnonzero(np.concatenate([mask.reshape(-1), flat_chroma, flat_chroma]))
+    values = i420.reshape(-1)[indices]
+    luma = indices < width * height
+    values_full = np.where(luma, _Y_TO_FULL[values], _C_TO_FULL[values]).astype(np.uint8)
+    return Overlay(dets, width, height, indices, values, values_full)

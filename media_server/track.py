@@ -27,7 +27,7 @@ from inference.draw import draw_detections
 from inference.errors import InferenceError, OverloadedError
 from inference.types import DetectionResult, DetectParams
 from media_server.detector import DetectorLike
-from media_server.frames import FrameConverter, FrameSource, to_bgr
+from media_server.frames import FrameConverter, FrameSource, normalize, to_bgr
 from media_server.overlay import Overlay, render_overlay
 from media_server.settings import BackpressurePolicy
 from observability.live import LiveMetrics
@@ -265,7 +265,7 @@ class LivePipeline(_MediaBase):
                 if self.on_ended is not None:
                     self.on_ended()
                 return
-            item = InFrame(frame, seq, self._received())
+            item = InFrame(normalize(frame), seq, self._received())
             seq += 1
             if self._to_send.put(item):
                 self.frames_dropped_output += 1

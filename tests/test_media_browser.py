@@ -110,6 +110,9 @@ async def test_chromium_page_shows_annotated_video_and_detections(
                 20_000,
                 "a person in the detections list",
             )
+            # ...and keep coming (a stalled inference task once stopped them while the video went on).
+            results = await page.evaluate("() => window.rtdetect.results")
+            await _wait(page, f"() => window.rtdetect.results >= {results} + 30", 15_000, "30 more results")
             # The page measures the round trip from the numbers it stamps into its frames.
             await _wait(page, "() => window.rtdetect.rttMs.length >= 10", 10_000, "round-trip measurements")
             rtts = await page.evaluate("() => window.rtdetect.rttMs")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import threading
 import time
 
 import aioice.ice
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from inference.draw import draw_detections
 from inference.types import Detection
 from media_server.detector import SlowEngine
+from media_server.frames import normalize, to_bgr
 from media_server.ice import (
     HostAddressOverride,
     announce_addresses,
@@ -119,8 +121,8 @@ async def test_drop_buffer_keeps_the_newest_and_counts_drops() -> None:
 # --- overlay ----------------------------------------------------------------------------------------------
 
 
-def _frame(bgr: np.ndarray, pts: int = 3000) -> VideoFrame:
-    frame = VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p")
+def _frame(bgr: np.ndarray, pts: int = 3000, fmt: str = "yuv420p") -> VideoFrame:
+    frame = VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format=fmt)
     frame.pts = pts
     frame.time_base = fractions.Fraction(1, 90000)
     return frame
@@ -150,7 +152,7 @@ def test_overlay_matches_draw_detections_and_keeps_timing(photos: dict[str, np.n
     assert np.array_equal(frame.to_ndarray(format="bgr24"), before)
 
 
-def test_overlay_for_other_frame_sizes_and_no_detections() -> None:
+def test_overlay_for_other_frame_sizes_and_full_range_frames() -> None:
     overlay = render_overlay(DETECTIONS, 640, 480)
     small = _frame(np.full((240, 320, 3), 90, np.uint8))
     out = overlay.apply(small)
@@ -158,10 +160,55 @@ def test_overlay_for_other_frame_sizes_and_no_detections() -> None:
     changed = np.abs(out.to_ndarray(format="bgr24").astype(int) - 90).max(axis=2) > 40
     assert changed[15:25, 20:150].any()  # the person's top edge, scaled by one half
     assert overlay.resized(320, 240) is overlay.resized(320, 240)  # rendered once per size
-    odd = _frame(np.full((241, 321, 3), 90, np.uint8))  # no I420 layout: the BGR path
-    assert overlay.apply(odd).width == 321
-    empty = render_overlay((), 640, 480)
-    assert empty.indices is None
+
+    # Browsers' H264 often decodes to full-range yuvj420p: the boxes keep their colour there too.
+    grey = np.full((480, 640, 3), 90, np.uint8)
+    limited = overlay.apply(_frame(grey)).to_ndarray(format="bgr24")
+    full = overlay.apply(_frame(grey, fmt="yuvj420p"))
+    assert full.format.name == "yuvj420p"
+    assert np.abs(full.to_ndarray(format="bgr24").astype(int) - limited.astype(int)).max() <= 6
+    with pytest.raises(ValueError):
+        render_overlay(DETECTIONS, 641, 480)
+
+
+def test_frames_are_normalized_and_converted_without_swscale(photos: dict[str, np.ndarray]) -> None:
+    image = cv2.resize(photos["astronaut"], (640, 480))
+    for fmt in ("yuv420p", "yuvj420p"):
+        frame = _frame(image, fmt=fmt)
+        assert normalize(frame) is frame
+        assert np.abs(to_bgr(frame).astype(int) - image.astype(int)).mean() < 3, fmt
+    odd = VideoFrame.from_ndarray(np.zeros((241, 321, 3), np.uint8), format="bgr24")
+    odd.pts = 7
+    fixed = normalize(odd)
+    assert (fixed.format.name, fixed.width, fixed.height, fixed.pts) == ("yuv420p", 320, 240, 7)
+
+
+def test_converting_while_the_encoder_reformats_the_same_frame() -> None:
+    # Regression: av.VideoFrame.reformat from two threads at once crashes (or deadlocks) inside libswscale.
+    # Our worker converts a frame while aiortc's encoder thread reformats it (yuvj420p -> yuv420p); only the
+    # encoder may use swscale on a shared frame.
+    frame = _frame(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8), fmt="yuvj420p")
+    overlay = render_overlay(DETECTIONS, 640, 480)
+    errors: list[BaseException] = []
+
+    def ours() -> None:
+        try:
+            for _ in range(200):
+                to_bgr(frame)
+                overlay.apply(frame)
+        except BaseException as e:
+            errors.append(e)
+
+    def encoder() -> None:
+        for _ in range(200):
+            frame.reformat(format="yuv420p")
+
+    threads = [threading.Thread(target=ours), threading.Thread(target=encoder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads) and not errors
 
 
 # --- frame numbers ---------------------------------------------------------------------------------------
