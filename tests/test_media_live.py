@@ -148,3 +148,30 @@ async def test_naive_baseline_latency_grows(model_dir: Path, photos: dict[str, n
         assert mean(rtts[-third:]) > mean(rtts[:third]) + 0.5
         assert _received_fps(peer, skip=10) < 0.7 * FPS
         assert server.state.registry.get_sample_value("rtdetect_live_frames_inferred_total")
+
+
+async def test_backpressure_policies(photos: dict[str, np.ndarray]) -> None:
+    """`latest` infers the newest frame; `drop_oldest` works through a small FIFO, so its results are older."""
+    from inference.types import Detection
+    from tests.media_support import FakeDetector
+
+    ages: dict[str, float] = {}
+    for policy in ("latest", "drop_oldest"):
+        detector = FakeDetector((Detection(0, "person", 0.9, (10.0, 10.0, 200.0, 300.0)),), delay_s=0.1)
+        settings = loopback_settings(backpressure=policy, buffer_size=4)
+        async with running_server(settings, detector) as server, aiohttp.ClientSession() as http:
+            peer = SyntheticPeer(server.url, photos["astronaut"], fps=FPS)
+            try:
+                await peer.connect(http)
+                await peer.wait_until(lambda p=peer: len(p.detections) >= 25, 20, "25 results")
+            finally:
+                await peer.close()
+            dropped = server.state.registry.get_sample_value(
+                "rtdetect_live_frames_dropped_total", {"stage": "inference"}
+            )
+            assert dropped and dropped > 0.4 * peer.detections[-1]["frames_in"], (policy, dropped)
+            assert _received_fps(peer, skip=10) >= 0.85 * FPS
+            ages[policy] = float(np.median([m["age_ms"] for m in peer.detections[10:]]))
+    assert ages["latest"] < 200, ages
+    # The FIFO holds the newest 4 frames (133 ms of video): its head is about 3 frame intervals older.
+    assert ages["drop_oldest"] > ages["latest"] + 50, ages

@@ -314,3 +314,27 @@ def test_json_errors_shape() -> None:
         "error": "too_many_peers",
         "detail": "full",
     }  # type: ignore[arg-type]
+
+
+async def test_ice_failure_closes_the_peer(photos: dict[str, np.ndarray]) -> None:
+    # A real ICE failure takes aioice's consent timeout (about 30 s); the state change it ends in is
+    # simulated on the server's real, connected peer connection.
+    async with running_server(loopback_settings(), FakeDetector()) as server, aiohttp.ClientSession() as http:
+        peer = SyntheticPeer(server.url, photos["astronaut"])
+        try:
+            await peer.connect(http)
+            await peer.wait_for_frames(5, limit_s=20)
+            session = server.state.peers.get(peer.peer_id or "")
+            assert session is not None
+            session.pc._RTCPeerConnection__connectionState = "failed"  # type: ignore[attr-defined]
+            session.pc.emit("connectionstatechange")
+            await server.state.peers.wait_empty(10)
+            assert session.close_reason == "ice_failed"
+            assert (
+                server.state.registry.get_sample_value(
+                    "rtdetect_live_peers_closed_total", {"reason": "ice_failed"}
+                )
+                == 1
+            )
+        finally:
+            await peer.close()
