@@ -24,7 +24,7 @@ from inference.errors import ModelLoadError, OverloadedError
 from inference.types import DetectParams
 from media_server.detector import DetectorLike, build_detector
 from media_server.ice import HostAddressOverride, client_ice_servers, server_rtc_configuration
-from media_server.peers import OfferError, PeerRegistry, PeerSession
+from media_server.peers import OfferError, PeerRegistry, PeerSession, check_offer_sdp
 from media_server.settings import PipelineMode, Settings
 from media_server.track import LivePipeline, NaivePipeline, PeerMedia
 from observability.gpu import GpuSampler
@@ -118,6 +118,15 @@ async def _read_offer(request: web.Request, limit: int) -> OfferRequest:
         raise ApiError(400, "invalid_offer", errors) from e
 
 
+def _too_many_peers(settings: Settings) -> ApiError:
+    return ApiError(
+        503,
+        "too_many_peers",
+        f"this server takes at most {settings.max_peers} peers",
+        retry_after=settings.retry_after_s,
+    )
+
+
 async def offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     settings = state.settings
@@ -131,6 +140,15 @@ async def offer(request: web.Request) -> web.Response:
     if not state.detector.ready:
         state.metrics.offers_rejected.labels(reason="not_ready").inc()
         raise ApiError(503, "not_ready", "the model is not loaded yet", retry_after=settings.retry_after_s)
+
+    try:
+        check_offer_sdp(body.sdp)
+    except OfferError as e:
+        state.metrics.offers_rejected.labels(reason="bad_offer").inc()
+        raise ApiError(400, "invalid_offer", str(e)) from e
+    if len(state.peers) >= settings.max_peers:  # before building anything
+        state.metrics.offers_rejected.labels(reason="capacity").inc()
+        raise _too_many_peers(settings)
 
     params = DetectParams(score_threshold=settings.score_threshold)
     pc = RTCPeerConnection(configuration=server_rtc_configuration(settings))
@@ -148,19 +166,14 @@ async def offer(request: web.Request) -> web.Response:
             executor=state.executor,
         )
     session = PeerSession(pc, media, settings=settings, metrics=state.metrics, registry=state.peers)
-    if not state.peers.try_add(session):
+    if not state.peers.try_add(session):  # not after the check above (no await between), but cheap to hold
         await pc.close()
-        state.metrics.offers_rejected.labels(reason="capacity").inc()
-        raise ApiError(
-            503,
-            "too_many_peers",
-            f"this server takes at most {settings.max_peers} peers",
-            retry_after=settings.retry_after_s,
-        )
+        raise _too_many_peers(settings)
     try:
         answer = await session.answer(RTCSessionDescription(sdp=body.sdp, type=body.type))
     except OfferError as e:
-        await session.close("error")
+        # Well-formed SDP that aiortc cannot use (no common codec, ...): the peer never started.
+        await session.close("rejected")
         state.metrics.offers_rejected.labels(reason="bad_offer").inc()
         raise ApiError(400, "invalid_offer", str(e)) from e
     except BaseException:

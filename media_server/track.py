@@ -277,7 +277,10 @@ class LivePipeline(_MediaBase):
     async def _infer(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            item = await self._to_infer.get()
+            try:
+                item = await self._to_infer.get()
+            except MediaStreamError:  # closed: the pipeline is stopping
+                return
             try:
                 image = await loop.run_in_executor(self._executor, self._converter, item.frame)
                 result = await self._detector.detect(image, self.params)

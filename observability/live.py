@@ -14,7 +14,8 @@ FRAME_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 
 DETECTION_AGE_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 
 DROP_STAGES = ("inference", "output")  # the label values of frames_dropped, bounded
-CLOSE_REASONS = ("client", "ice_failed", "timeout", "shutdown", "error")
+# "rejected": the offer failed after the peer was created (e.g. no codec in common).
+CLOSE_REASONS = ("client", "ice_failed", "timeout", "shutdown", "error", "rejected")
 REJECT_REASONS = ("bad_offer", "too_large", "capacity", "not_ready")
 
 
