@@ -166,7 +166,9 @@ async def offer(request: web.Request) -> web.Response:
             executor=state.executor,
         )
     session = PeerSession(pc, media, settings=settings, metrics=state.metrics, registry=state.peers)
-    if not state.peers.try_add(session):  # not after the check above (no await between), but cheap to hold
+    if not state.peers.try_add(
+        session
+    ):  # the registry guards itself; with no await since the check, unreachable
         await pc.close()
         raise _too_many_peers(settings)
     try:
