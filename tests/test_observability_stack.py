@@ -648,11 +648,6 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     assert {s["metric"]["job"] for s in inferring} == set(SERVER_JOBS), inferring
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="media_server.app.create_app builds a bare CollectorRegistry (no ProcessCollector); it should "
-    "use observability.metrics.new_registry() like the detect API. Remove this mark when it does.",
-)
 def test_process_panels_cover_both_servers(stack: Stack) -> None:
     for metric in ("process_resident_memory_bytes", "process_cpu_seconds_total"):
         jobs = {s["metric"]["job"] for s in stack.query(metric)["result"]}
