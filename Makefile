@@ -7,7 +7,9 @@ BIN         := $(VENV)/bin
 # onnxruntime (cpu) and onnxruntime-gpu share one folder: pick one extra, never both.
 EXTRAS      ?= cpu,build,ui,dev
 MODEL_DIR   ?= $(HOME)/.cache/rtdetect/models/nanodet-g
-APT_PACKAGES ?= nodejs npm iproute2 util-linux chromium chromium-driver prometheus coturn docker-compose
+# command:package pairs; a command already on PATH (e.g. npm from a Node.js install) is not reinstalled.
+APT_NEEDS ?= npm:npm ip:iproute2 unshare:util-linux chromium:chromium chromedriver:chromium-driver \
+             prometheus:prometheus promtool:prometheus turnserver:coturn docker-compose:docker-compose
 export RTDETECT_MODEL_DIR ?= $(MODEL_DIR)
 export RTDETECT_MEDIA_MODEL_DIR ?= $(MODEL_DIR)
 
@@ -27,7 +29,9 @@ setup: apt venv model
 apt: .make/apt.stamp
 .make/apt.stamp: Makefile
 	@mkdir -p .make
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for need in $(APT_NEEDS); do \
+	  command -v $${need%%:*} >/dev/null 2>&1 || case " $$missing " in *" $${need#*:} "*) ;; *) missing="$$missing $${need#*:}";; esac; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> apt-get install$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
