@@ -12,6 +12,9 @@ APT_NEEDS ?= npm:npm ip:iproute2 unshare:util-linux chromium:chromium chromedriv
              prometheus:prometheus promtool:prometheus turnserver:coturn docker-compose:docker-compose
 export RTDETECT_MODEL_DIR ?= $(MODEL_DIR)
 export RTDETECT_MEDIA_MODEL_DIR ?= $(MODEL_DIR)
+# aiortc starts codec threads per peer and glibc gives each new thread its own malloc arena: under peer churn
+# RSS then creeps up with fragmentation. Two arenas keep it flat (the media server is GIL-bound anyway).
+export MALLOC_ARENA_MAX ?= 2
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -88,6 +88,7 @@ COPY --from=model /export/ /opt/rtdetect/models/
 COPY docker/entrypoint.sh docker/healthcheck.py /usr/local/bin/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
     RTDETECT_HOST=0.0.0.0 \
     RTDETECT_BACKEND=onnxruntime \
     RTDETECT_MEDIA_BACKEND=onnxruntime \
