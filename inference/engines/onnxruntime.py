@@ -30,6 +30,7 @@ class OnnxRuntimeEngine:
         *,
         providers: Sequence[str] | None = None,
         intra_op_threads: int = 0,
+        allow_spinning: bool = True,
         trt_cache_dir: str | None = None,
         trt_fp16: bool = False,
         model_file: str | None = None,
@@ -38,6 +39,7 @@ class OnnxRuntimeEngine:
         self.spec = spec
         self.requested_providers = tuple(providers) if providers is not None else None
         self.intra_op_threads = intra_op_threads
+        self.allow_spinning = allow_spinning
         self.trt_cache_dir = trt_cache_dir
         self.trt_fp16 = trt_fp16
         self.provider = "not loaded"
@@ -59,6 +61,11 @@ class OnnxRuntimeEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.intra_op_threads
+        # Idle worker threads busy-wait for the next call by default: fastest for a bare benchmark, but a
+        # server that also decodes images and speaks HTTP on the same cores wants those cycles back.
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
+        )
         providers = self._providers(ort.get_available_providers())
         try:
             session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
