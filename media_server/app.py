@@ -28,7 +28,7 @@ from media_server.peers import OfferError, PeerRegistry, PeerSession, check_offe
 from media_server.settings import PipelineMode, Settings
 from media_server.track import LivePipeline, NaivePipeline, PeerMedia
 from observability.gpu import GpuSampler
-from observability.live import LiveMetrics
+from observability.live import LiveMetrics, PeerFramesCollector
 from observability.metrics import InferenceMetrics, PrometheusObserver, new_registry, render
 
 logger = logging.getLogger(__name__)
@@ -268,6 +268,7 @@ def create_app(
         ),
         host_addresses=HostAddressOverride(settings.ice_host_addresses),
     )
+    registry.register(PeerFramesCollector(lambda: ((p.id, p.media.stats()) for p in state.peers)))
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_offer_bytes + 1)
     app[STATE] = state
     app.router.add_get("/", index)

@@ -1,12 +1,18 @@
 """The media server's live-video metrics, defined once, on a registry the caller owns.
 
-Totals only, no per-peer label: peers come and go, and a label per peer would grow the series without
-bound. Per-peer figures are on the media server's /peers endpoint.
+The counters below are totals with no per-peer label: a label per peer on a long-lived counter would
+keep a series for every peer that ever connected. Per-peer frame counts come from `PeerFramesCollector`,
+read from the live peers at scrape time, so a peer's series exist exactly while it does (at most
+`max_peers` of them) and nothing has to be removed on close.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Receive -> send inside the server: sub-millisecond when healthy, up to a few frame intervals under load.
 FRAME_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.033, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -84,3 +90,30 @@ class LiveMetrics:
             self.offers_rejected.labels(reason=reason)
         for error in ("overloaded", "inference"):
             self.inference_failures.labels(error=error)
+
+
+PEER_DIRECTIONS = ("in", "out", "inferred")
+
+
+class PeerFramesCollector(Collector):
+    """`rtdetect_live_peer_frames_total{peer, direction}` from `peers()`: (peer id, stats) for each live peer.
+
+    `stats` holds `frames_in`, `frames_out` and `frames_inferred`, counters that start at 0 with the peer.
+    """
+
+    def __init__(self, peers: Callable[[], Iterable[tuple[str, Mapping[str, int]]]]) -> None:
+        self._peers = peers
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("rtdetect_live_peer_frames", "", labels=["peer", "direction"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "rtdetect_live_peer_frames",
+            "Video frames of each live peer: received (in), sent back (out), run through the detector.",
+            labels=["peer", "direction"],
+        )
+        for peer_id, stats in self._peers():
+            for direction in PEER_DIRECTIONS:
+                family.add_metric([peer_id, direction], stats[f"frames_{direction}"])
+        yield family

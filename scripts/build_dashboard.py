@@ -228,15 +228,19 @@ def rows() -> list[Row]:
             "Live video",
             [
                 Panel(
-                    "Live FPS in, out and inferred (all peers)",
-                    "Frames per second received from, sent back to and run through the detector for all "
-                    "peers together. Per-peer figures are on the media server's /peers endpoint (no "
-                    "per-peer label: peers come and go).",
+                    "Live FPS in, out and inferred (total and per peer)",
+                    "Frames per second received from, sent back to and run through the detector, for all "
+                    "peers together and for each live peer (per-peer series exist while the peer does).",
                     (
                         Query(f"sum(instance:rtdetect_live_frames_in:rate1m{{{INSTANCE}}})", "in"),
                         Query(f"sum(instance:rtdetect_live_frames_out:rate1m{{{INSTANCE}}})", "out"),
                         Query(
                             f"sum(instance:rtdetect_live_frames_inferred:rate1m{{{INSTANCE}}})", "inferred"
+                        ),
+                        Query(
+                            "sum by (peer, direction) (rate(rtdetect_live_peer_frames_total"
+                            f"{{{INSTANCE}}}[$__rate_interval]))",
+                            "{{direction}} {{peer}}",
                         ),
                     ),
                     FPS,
