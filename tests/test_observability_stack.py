@@ -641,11 +641,19 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     assert value("sum(instance:rtdetect_live_frames_in:rate1m)") > 0
     assert value("sum(instance:rtdetect_live_frames_out:rate1m)") > 0
     assert value("sum(instance:rtdetect_live_frames_inferred:rate1m)") > 0
-    # Both servers run the model, each with its own inference metrics.
-    latency = stack.query("instance:inference_latency_seconds:mean_rate1m")["result"]
-    assert {s["metric"]["job"] for s in latency if float(s["value"][1]) > 0} == set(SERVER_JOBS), latency
-    inferring = stack.query("inference_fps > 0")["result"]
-    assert {s["metric"]["job"] for s in inferring} == set(SERVER_JOBS), inferring
+    # Both servers run the model, each with its own inference metrics. A recorded rate appears only after
+    # two scrapes of a server's histogram and two rule evaluations, so poll (with the stack's deadline).
+    seen: dict[str, object] = {}
+
+    def both_servers_infer() -> bool:
+        latency = stack.query("instance:inference_latency_seconds:mean_rate1m")["result"]
+        inferring = stack.query("inference_fps > 0")["result"]
+        seen.update(latency=latency, inferring=inferring)
+        return {s["metric"]["job"] for s in latency if float(s["value"][1]) > 0} == set(SERVER_JOBS) and {
+            s["metric"]["job"] for s in inferring
+        } == set(SERVER_JOBS)
+
+    stack.wait_until(both_servers_infer, "both servers to report inference", explain=lambda: repr(seen))
 
 
 def test_process_panels_cover_both_servers(stack: Stack) -> None:
