@@ -88,6 +88,9 @@ class RunResult:
     server_rss_mb: float  # at the end of the window
     client_cpu_pct: float
     date: str
+    # The machine's 1-minute load average, sampled every second over the window: other work on a shared
+    # machine shows up here (and in the drift) rather than silently in the figures.
+    load_avg: float = 0.0
     per_peer: list[PeerResult] = field(default_factory=list)
 
     @property
@@ -204,8 +207,10 @@ async def run_once(
             await asyncio.sleep(WARMUP_S)
             cpu0, client0, start = _cpu_seconds(proc.pid), time.process_time(), time.monotonic()
             next_report = start + 30
+            loads: list[float] = []
             while (now := time.monotonic()) < start + seconds:
                 await asyncio.sleep(min(1.0, start + seconds - now))
+                loads.append(os.getloadavg()[0])
                 if time.monotonic() >= next_report:
                     next_report += 30
                     recent = [e.rtt for c in clients for e in c.echoes[-30:] if e.rtt is not None]
@@ -228,6 +233,7 @@ async def run_once(
             server_rss_mb=rss,
             client_cpu_pct=(client1 - client0) / (end - start) * 100.0,
             date=datetime.date.today().isoformat(),
+            load_avg=float(np.mean(loads)) if loads else 0.0,
             per_peer=[peer_result(c, start, end) for c in clients],
         )
 
@@ -272,16 +278,18 @@ def render(results: Sequence[RunResult], machine: str) -> str:
         "returns every frame with boxes drawn; the round trip (RTT) is timed per frame, client encode to client",
         "decode. *naive* is the baseline: inference inline in the track's `recv()`, as in aiortc's example",
         "server. Drift compares the mean RTT of the last tenth of the run with the first tenth. CPU is % of one",
-        "core; the clients run on the same machine and are not counted in the server's CPU. The engine delay",
-        "is an artificial sleep added to every engine call (an engine slower than the frame interval).",
+        "core; the clients run on the same machine and are not counted in the server's CPU. Load avg is the",
+        "machine's 1-minute load average during the run, this benchmark included: on a shared machine, other work",
+        "shows there. The engine delay is an artificial sleep added to every engine call (an engine slower than",
+        "the frame interval).",
         "",
         f"Machine: {machine}. Model: {models}.",
         "",
         TARGETS,
         "",
         "| pipeline | peers | engine delay | s | peer | recv FPS | RTT p50 | p95 | p99 | first tenth | last tenth "
-        "| drift | results/s | server CPU | server RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| drift | results/s | server CPU | server RSS | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(results, key=lambda r: (r.engine_delay_ms, r.peers, r.pipeline != "detect", r.fps)):
         name = "rtdetect" if r.pipeline == "detect" else "naive"
@@ -291,7 +299,15 @@ def render(results: Sequence[RunResult], machine: str) -> str:
                 if i == 0
                 else ["", "", "", ""]
             )
-            tail = [f"{r.server_cpu_pct:.0f} %", f"{r.server_rss_mb:.0f} MB"] if i == 0 else ["", ""]
+            tail = (
+                [
+                    f"{r.server_cpu_pct:.0f} %",
+                    f"{r.server_rss_mb:.0f} MB",
+                    f"{r.load_avg:.1f}" if r.load_avg else "n/a",
+                ]
+                if i == 0
+                else ["", "", ""]
+            )
             cells = [
                 *head,
                 str(i + 1),
@@ -435,7 +451,10 @@ async def amain(args: argparse.Namespace) -> list[RunResult]:
                     f"{p.rtt_p95_ms:.0f}/{p.rtt_p99_ms:.0f} ms, drift {p.drift_pct:+.0f} %, "
                     f"{p.detections_per_s:.1f} results/s"
                 )
-            log(f"  server CPU {result.server_cpu_pct:.0f} % of a core, RSS {result.server_rss_mb:.0f} MB")
+            log(
+                f"  server CPU {result.server_cpu_pct:.0f} % of a core, RSS {result.server_rss_mb:.0f} MB, "
+                f"load average {result.load_avg:.1f}"
+            )
             results.append(result)
     finally:
         override.uninstall()

@@ -216,11 +216,13 @@ class PeerSession:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watchdog
-        await self.media.stop()
-        await self.pc.close()
-        self._channel = None
-        self._metrics.peers_closed.labels(reason=reason).inc()
-        logger.info("peer %s closed (%s)", self.id, reason)
+        try:
+            await self.media.stop()
+        finally:  # whatever happened to the pipeline, the connection (sockets, decoder thread) goes
+            await self.pc.close()
+            self._channel = None
+            self._metrics.peers_closed.labels(reason=reason).inc()
+            logger.info("peer %s closed (%s)", self.id, reason)
 
     def snapshot(self) -> dict[str, Any]:
         return {
