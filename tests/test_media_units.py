@@ -62,7 +62,8 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(settings.turn_urls) == 2 and settings.turn_secret is not None
     assert settings.backpressure is BackpressurePolicy.DROP_OLDEST
     assert settings.port == 8080 and settings.host == "127.0.0.1"
-    assert settings.engine_kwargs() == {"providers": ["CPUExecutionProvider"]}
+    assert settings.engine_kwargs() == {"providers": ["CPUExecutionProvider"], "allow_spinning": False}
+    assert Settings(backend="tensorrt", providers=None).engine_kwargs() == {}
 
 
 def test_settings_defaults_never_use_a_public_stun_server() -> None:
