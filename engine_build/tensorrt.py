@@ -14,23 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from engine_build.fetch import sha256
+from inference.engines.tensorrt import import_tensorrt
 from inference.errors import BackendUnavailableError, ModelLoadError
 from inference.spec import ModelSpec
 
 log = logging.getLogger("rtdetect.engine_build")
 
 ENGINE_FILE = "model.engine"
-
-
-def _import_tensorrt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError(
-            "TensorRT is not installed: use the rtdetect Docker image, or `pip install tensorrt` from "
-            "NVIDIA's package index on a machine with an NVIDIA GPU"
-        ) from e
-    return trt
 
 
 def gpu_identity() -> dict[str, str]:
@@ -78,7 +68,7 @@ def engine_is_current(model_dir: Path, expected: dict[str, Any]) -> bool:
 
 
 def build_engine(model_dir: Path, *, fp16: bool = True, max_batch: int = 8, force: bool = False) -> Path:
-    trt = _import_tensorrt()
+    trt = import_tensorrt()
     spec = ModelSpec.load(model_dir)
     onnx_path = model_dir / spec.onnx_file
     if not onnx_path.is_file():

@@ -24,7 +24,7 @@ log = logging.getLogger("rtdetect.inference")
 DEFAULT_ENGINE_FILE = "model.engine"
 
 
-def _import_tensorrt() -> Any:
+def import_tensorrt() -> Any:
     try:
         import tensorrt
     except ImportError as e:
@@ -117,7 +117,7 @@ class TensorRTEngine:
         self._lock = threading.Lock()
 
     def load(self) -> None:
-        trt = _import_tensorrt()
+        trt = import_tensorrt()
         cuda = _Cuda(_import_cudart())
         err, count = cuda.rt.cudaGetDeviceCount()
         if err != cuda.rt.cudaError_t.cudaSuccess or count == 0:
