@@ -6,13 +6,12 @@ from __future__ import annotations
 import ipaddress
 import json
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from inference.paths import default_model_dir
+from inference.settings import ServingSettings, split_list
 from inference.types import DetectParams
 from media_server.turn import validate_ice_url
 
@@ -58,36 +57,10 @@ class IceServer(BaseModel):
         return out
 
 
-def _split_list(value: Any) -> Any:
-    """Env values may be JSON (`["a", "b"]`) or comma-separated (`a,b`): the latter is what operators type."""
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
-
-
-class Settings(BaseSettings):
+class Settings(ServingSettings):
     model_config = SettingsConfigDict(env_prefix="RTDETECT_MEDIA_", extra="ignore", frozen=True)
 
-    # Model, engine and batching: the same knobs as the detect API.
-    model_dir: Path = Field(default_factory=default_model_dir)
-    backend: str = "onnxruntime"
-    # onnxruntime only: execution providers in order of preference (comma-separated or JSON); None lets the
-    # engine pick the best available.
-    providers: Annotated[list[str] | None, NoDecode] = None
-    intra_op_threads: int = Field(default=0, ge=0)  # onnxruntime only; 0: its own default
-    # onnxruntime only. Off here: idle intra-op threads spinning for work take the cores the video encoders
-    # and decoders need (measured: 164 % -> 116 % of a core for one peer, same results and latency).
-    allow_spinning: bool = False
-    # Any other keyword arguments of the chosen engine (JSON), e.g. {"engine_file": "model.fp16.engine"}.
-    engine_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    max_batch_size: int = Field(default=8, ge=1)
-    max_delay_ms: float = Field(default=2.0, ge=0.0)
-    max_queue: int = Field(default=256, ge=1)
+    # Model, engine and batching: inherited from ServingSettings, the same knobs as the detect API.
 
     # HTTP. Docker sets RTDETECT_MEDIA_HOST=0.0.0.0; a developer's machine only listens locally by default.
     host: str = "127.0.0.1"
@@ -129,11 +102,6 @@ class Settings(BaseSettings):
     # frame interval.
     engine_delay_ms: float = Field(default=0.0, ge=0.0)
 
-    # Observability. 0 turns the GPU sampler off.
-    gpu_sample_interval_s: float = Field(default=2.0, ge=0.0)
-    fps_window_s: float = Field(default=5.0, gt=0.0)
-    log_level: str = "INFO"
-
     @field_validator("ice_servers", mode="before")
     @classmethod
     def _parse_ice_servers(cls, value: Any) -> Any:
@@ -145,13 +113,7 @@ class Settings(BaseSettings):
     @field_validator("ice_host_addresses", "turn_urls", "turn_server_urls", mode="before")
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
-        return _split_list(value)
-
-    @field_validator("providers", mode="before")
-    @classmethod
-    def _parse_providers(cls, value: Any) -> Any:
-        value = _split_list(value)
-        return value or None  # empty: the engine's own choice
+        return split_list(value)
 
     @field_validator("turn_urls", "turn_server_urls")
     @classmethod
@@ -160,14 +122,6 @@ class Settings(BaseSettings):
             if not validate_ice_url(url).startswith("turn"):
                 raise ValueError(f"TURN URLs must start with turn: or turns:, got {url!r}")
         return value
-
-    @field_validator("log_level")
-    @classmethod
-    def _upper_level(cls, value: str) -> str:
-        level = value.strip().upper()
-        if level not in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
-            raise ValueError(f"unknown log level {value!r}")
-        return level
 
     @field_validator("ice_announced_addresses", mode="before")
     @classmethod
@@ -200,17 +154,4 @@ class Settings(BaseSettings):
                 validate_ice_url(url)
         if (self.turn_urls or self.turn_server_urls) and self.turn_secret is None:
             raise ValueError("TURN URLs are configured but no turn_secret: coturn would refuse every peer")
-        if self.backend != "onnxruntime" and (self.providers is not None or self.intra_op_threads):
-            raise ValueError("providers and intra_op_threads apply to the onnxruntime backend only")
         return self
-
-    def engine_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `inference.engines.create_engine`."""
-        options: dict[str, Any] = dict(self.engine_options)
-        if self.backend == "onnxruntime":
-            if self.providers is not None:
-                options["providers"] = list(self.providers)
-            if self.intra_op_threads:
-                options["intra_op_threads"] = self.intra_op_threads
-            options.setdefault("allow_spinning", self.allow_spinning)
-        return options

@@ -18,7 +18,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.backend, settings.port, settings.host) == ("onnxruntime", 8000, "127.0.0.1")
     assert (settings.max_batch_size, settings.max_delay_ms, settings.max_queue) == (8, 2.0, 256)
     assert settings.max_upload_bytes == 20 * 1024 * 1024
-    assert settings.engine_kwargs() == {}
+    # onnxruntime's busy-waiting threads are off by default: the cores go to decoding and HTTP.
+    assert settings.engine_kwargs() == {"allow_spinning": False}
     assert settings.default_params().max_detections <= settings.max_detections
 
 
@@ -36,6 +37,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert settings.engine_kwargs() == {
         "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
         "intra_op_threads": 2,
+        "allow_spinning": False,
     }
     monkeypatch.setenv("RTDETECT_PROVIDERS", '["CPUExecutionProvider"]')
     assert Settings().providers == ["CPUExecutionProvider"]
