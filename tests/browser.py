@@ -7,11 +7,13 @@ sync and the async Playwright API alike:
         browser = p.chromium.launch(**chromium_launch_options(fake_camera=clip))
 
 Tests that need a browser call `require_chromium()` first: it skips, with the reason, where Chromium or
-Playwright is missing (`make test` installs both).
+Playwright is missing on a developer's machine, and fails in CI, where `make test` has installed both and a
+skip would hide a broken install.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,11 +42,20 @@ CHROMIUM_ARGS = (
 
 
 def require_chromium() -> str:
-    """The Chromium binary, or a skip with its reason."""
-    pytest.importorskip("playwright.sync_api", reason="Python Playwright is not installed")
+    """The Chromium binary; without it (or Playwright) a skip with its reason, or a failure in CI."""
+    missing = None
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing = "Python Playwright is not installed (pip install -e .[dev])"
     path = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     if path is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium chromium-driver)")
+        missing = "Chromium is not installed (apt-get install chromium chromium-driver)"
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    assert path is not None
     return path
 
 

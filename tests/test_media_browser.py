@@ -6,51 +6,16 @@ browser download is never used.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
+from tests.browser import chromium_launch_options, photo_clip, require_chromium
 from tests.media_support import loopback_settings, running_server
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream=fps=30",
-    "--allow-loopback-in-peer-connection",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",
-]
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
-    ),
-]
-
-
-def write_y4m(
-    path: Path, photo_bgr: np.ndarray, *, frames: int = 30, width: int = 640, height: int = 480
-) -> Path:
-    """A still photo as a Y4M clip: Chromium's fake camera loops it."""
-    frame = cv2.resize(photo_bgr, (width, height), interpolation=cv2.INTER_AREA)
-    i420 = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes()
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
-        for _ in range(frames):
-            f.write(b"FRAME\n")
-            f.write(i420)
-    return path
+pytestmark = pytest.mark.slow
 
 
 async def _wait(page: Any, expression: str, timeout_ms: float, what: str) -> Any:
@@ -69,15 +34,13 @@ async def _wait(page: Any, expression: str, timeout_ms: float, what: str) -> Any
 async def test_chromium_page_shows_annotated_video_and_detections(
     codec: str, model_dir: Path, photos: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
-    playwright_api = pytest.importorskip("playwright.async_api")
-    clip = write_y4m(tmp_path / "astronaut.y4m", photos["astronaut"])
+    chromium = require_chromium()
+    from playwright import async_api as playwright_api
+
+    clip = photo_clip(tmp_path / "astronaut.y4m", photos["astronaut"])
     settings = loopback_settings(model_dir=model_dir)
     async with running_server(settings) as server, playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-video-capture={clip}"],
-        )
+        browser = await pw.chromium.launch(**chromium_launch_options(fake_camera=clip, executable=chromium))
         try:
             page = await browser.new_page()
             console: list[str] = []
