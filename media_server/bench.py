@@ -283,6 +283,12 @@ def render(results: Sequence[RunResult], machine: str) -> str:
         "shows there. The engine delay is an artificial sleep added to every engine call (an engine slower than",
         "the frame interval).",
         "",
+        "The naive pipeline keeps up only while decoding, inference and drawing fit in the frame interval on the",
+        "event loop. Whenever they do not (a second peer, a slower engine, other work on the machine), aiortc's",
+        "queue of decoded frames grows and every later frame waits behind it: latency grows for as long as that",
+        "lasts and shrinks only if the pipeline later runs faster than the camera. rtdetect's latency does not",
+        "depend on inference at all.",
+        "",
         f"Machine: {machine}. Model: {models}.",
         "",
         TARGETS,
@@ -355,8 +361,10 @@ def verdicts(results: Sequence[RunResult]) -> list[str]:
         naive = by_key.get(("naive", r.peers, r.fps, r.engine_delay_ms))
         if naive is not None:
             out.append(
-                f"- {r.peers} peer(s), engine delay {r.engine_delay_ms:g} ms: drift rtdetect "
-                f"{max(p.drift_pct for p in r.per_peer):+.0f} %, naive {max(p.drift_pct for p in naive.per_peer):+.0f} %."
+                f"- {r.peers} peer(s), engine delay {r.engine_delay_ms:g} ms: RTT p99 rtdetect "
+                f"{max(p.rtt_p99_ms for p in r.per_peer):.0f} ms, naive {max(p.rtt_p99_ms for p in naive.per_peer):.0f} ms; "
+                f"drift rtdetect {max(p.drift_pct for p in r.per_peer):+.0f} %, "
+                f"naive {max(p.drift_pct for p in naive.per_peer):+.0f} %."
             )
     return out
 

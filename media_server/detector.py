@@ -37,11 +37,16 @@ class SlowEngine:
         self._inner = inner
         self._delay_s = delay_s
         self.backend = inner.backend
-        self.provider = f"{inner.provider} (+{delay_s * 1e3:.0f} ms artificial delay)"
+        self.provider = self._describe()
         self.max_batch_size = inner.max_batch_size
+
+    def _describe(self) -> str:
+        return f"{self._inner.provider} (+{self._delay_s * 1e3:.0f} ms artificial delay)"
 
     def load(self) -> None:
         self._inner.load()
+        # Both are known only once the inner engine is loaded.
+        self.provider = self._describe()
         self.max_batch_size = self._inner.max_batch_size
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
