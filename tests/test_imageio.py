@@ -182,3 +182,36 @@ def test_corrupt_png_is_invalid(photo: np.ndarray) -> None:
 def test_decoded_image_works_with_cv2(photo: np.ndarray) -> None:
     decoded = decode_image(pil_bytes(bgr_to_pil(photo), "PNG"), max_pixels=MAX)
     cv2.rectangle(decoded, (0, 0), (10, 10), (0, 0, 255), 2)  # writable, contiguous
+
+
+def pillow_bgr(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+
+
+@pytest.mark.parametrize("grey", [False, True])
+def test_fast_jpeg_path_gives_pillows_pixels(photo: np.ndarray, grey: bool) -> None:
+    # Plain JPEGs go through libjpeg-turbo (simplejpeg) straight to BGR: the same pixels Pillow gives.
+    source = bgr_to_pil(photo).convert("L") if grey else bgr_to_pil(photo)
+    data = pil_bytes(source, "JPEG", quality=90)
+    decoded = decode_image(data, max_pixels=MAX)
+    assert decoded.shape == (*photo.shape[:2], 3) and decoded.flags.c_contiguous and decoded.flags.writeable
+    np.testing.assert_array_equal(decoded, pillow_bgr(data))
+
+
+@pytest.mark.parametrize("garbage", [b"\xff\xd0" * 4, b"\xaa" * 64])
+def test_jpeg_with_libjpeg_warnings_is_decoded_as_pillow_does(photo: np.ndarray, garbage: bytes) -> None:
+    # Corrupt scan data is only a warning to libjpeg: the strict fast path declines it and Pillow (which
+    # shows such files, as browsers do) decides, so the fast path refuses nothing that was accepted before.
+    data = bytearray(encode_jpeg(photo))
+    middle = len(data) // 2
+    data[middle : middle + len(garbage)] = garbage
+    decoded = decode_image(bytes(data), max_pixels=MAX)
+    np.testing.assert_array_equal(decoded, pillow_bgr(bytes(data)))
+
+
+def test_cmyk_jpeg_is_decoded(photo: np.ndarray) -> None:
+    data = pil_bytes(bgr_to_pil(photo).convert("CMYK"), "JPEG", quality=95)
+    decoded = decode_image(data, max_pixels=MAX)
+    assert decoded.shape == photo.shape
+    assert np.abs(decoded.astype(int) - photo).mean() < 8
