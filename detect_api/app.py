@@ -82,6 +82,7 @@ class ModelOut(BaseModel):
     classes: list[str]
     max_batch_size: int
     max_delay_ms: float
+    workers: int = Field(description="Batches in the engine at once.")
     max_queue: int
 
 
@@ -190,9 +191,10 @@ def _build_detector(settings: Settings, metrics: InferenceMetrics) -> Detector:
     return Detector(
         engine,
         spec,
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=settings.max_batch_size or None,
         max_delay_ms=settings.max_delay_ms,
         max_queue=settings.max_queue,
+        workers=settings.inference_workers or None,
         observer=PrometheusObserver(metrics),
     )
 
@@ -309,6 +311,7 @@ def _router(settings: Settings) -> APIRouter:
             classes=list(info["classes"]),
             max_batch_size=info["max_batch_size"],
             max_delay_ms=info["max_delay_ms"],
+            workers=info["workers"],
             max_queue=state.settings.max_queue,
         )
 

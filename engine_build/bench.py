@@ -111,11 +111,20 @@ async def _drive_detect(
 
     latencies: list[float] = []
     remaining = requests
+    # The multipart body is built once: the same bytes every request, and no client CPU spent on them.
+    boundary = "rtdetect-bench-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="frame.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + payload
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
     async def post(session: aiohttp.ClientSession) -> None:
-        form = aiohttp.FormData()
-        form.add_field("file", payload, filename="frame.jpg", content_type="image/jpeg")
-        async with session.post(url, data=form) as r:
+        async with session.post(url, data=body, headers=headers) as r:
             r.raise_for_status()
             await r.read()
 

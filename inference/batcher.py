@@ -1,8 +1,13 @@
 """Dynamic micro-batching: concurrent callers (HTTP requests, WebRTC peers) share engine calls.
 
-One worker task takes the first waiting request, gathers more for at most `max_delay_ms` (up to
-`max_batch_size`), stacks them and runs the engine in a dedicated thread, so inference never blocks the
-event loop and never runs two batches at once. Each caller gets back its own row of every output.
+One worker task waits for a free inference slot, takes the first waiting request, gathers more for at most
+`max_delay_ms` (up to `max_batch_size`), stacks them and runs the engine in one of `workers` dedicated
+threads, so inference never blocks the event loop. Each caller gets back its own row of every output.
+
+`workers` > 1 runs that many batches at once (the engine must allow concurrent `infer` calls). On a CPU
+this is the throughput setting: two single-threaded engine runs in parallel keep both cores busy while
+one of them waits for the next batch, where one two-threaded run leaves a core idle at every hand-off
+and loses time whenever the HTTP or decoding work preempts one of its threads.
 """
 
 from __future__ import annotations
@@ -39,8 +44,11 @@ class MicroBatcher:
         max_batch_size: int,
         max_delay_ms: float,
         max_queue: int = 256,
+        workers: int = 1,
         observer: InferenceObserver | None = None,
     ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_delay_ms < 0:
@@ -51,11 +59,13 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_delay_ms = max_delay_ms
         self.max_queue = max_queue
+        self.workers = workers
         self._observer: InferenceObserver = observer or NullObserver()
         self._queue: asyncio.Queue[_Request] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._in_flight: list[_Request] = []
+        self._slots: asyncio.Semaphore | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     @property
     def running(self) -> bool:
@@ -69,7 +79,8 @@ class MicroBatcher:
         if self.running:
             return
         self._queue = asyncio.Queue(maxsize=self.max_queue)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtdetect-infer")
+        self._slots = asyncio.Semaphore(self.workers)
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rtdetect-infer")
         self._worker = asyncio.create_task(self._run(), name="rtdetect-batcher")
 
     async def close(self) -> None:
@@ -79,7 +90,11 @@ class MicroBatcher:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-        pending, self._in_flight = self._in_flight, []
+        batches, self._batches = self._batches, set()
+        for task in batches:
+            task.cancel()
+        await asyncio.gather(*batches, return_exceptions=True)  # each fails its own requests
+        pending: list[_Request] = []
         if self._queue is not None:
             while not self._queue.empty():
                 pending.append(self._queue.get_nowait())
@@ -108,17 +123,33 @@ class MicroBatcher:
         return await future
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        assert self._queue is not None and self._slots is not None
         while True:
-            # Requests live in self._in_flight from the moment they leave the queue, so close() can fail
-            # them whether the worker is gathering a batch or waiting for the engine.
-            self._in_flight = []
-            await self._collect(self._queue, self._in_flight)
+            # Gather only once a worker is free: while all are busy, requests wait in the queue and
+            # the next batch forms from all of them.
+            await self._slots.acquire()
+            gathered: list[_Request] = []
+            try:
+                await self._collect(self._queue, gathered)
+            except BaseException:
+                self._slots.release()
+                for request in gathered:  # out of the queue already: close() would not see them
+                    _fail(request, InferenceError("the batcher was closed before this request finished"))
+                raise
             self._notify_depth(self._queue.qsize())
             # Callers cancelled while waiting need no inference.
-            batch = [r for r in self._in_flight if not r.future.done()]
-            if batch:
-                await self._run_batch(batch)
+            batch = tuple(r for r in gathered if not r.future.done())
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run_batch(batch), name="rtdetect-batch")
+            self._batches.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        if self._slots is not None:
+            self._slots.release()
 
     async def _collect(self, queue: asyncio.Queue[_Request], batch: list[_Request]) -> None:
         batch.append(await queue.get())
@@ -136,7 +167,15 @@ class MicroBatcher:
             except TimeoutError:
                 break
 
-    async def _run_batch(self, batch: list[_Request]) -> None:
+    async def _run_batch(self, batch: tuple[_Request, ...]) -> None:
+        try:
+            await self._infer_batch(batch)
+        finally:
+            # Cancelled by close() (or anything unforeseen): no caller is left waiting forever.
+            for request in batch:
+                _fail(request, InferenceError("the batcher was closed before this request finished"))
+
+    async def _infer_batch(self, batch: tuple[_Request, ...]) -> None:
         assert self._executor is not None
         n = len(batch)
         try:

@@ -48,7 +48,10 @@ class ServingSettings(BaseSettings):
     engine_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     # Micro-batching, shared by every caller in the process.
-    max_batch_size: int = Field(default=8, ge=1)
+    # 0: by the engine's device once loaded (inference/pipeline.py): batch 1 with 2 runs in flight on a
+    # CPU, batch 8 with 1 run on a GPU. Each is capped by what the engine accepts (TensorRT: 1 run).
+    max_batch_size: int = Field(default=0, ge=0)
+    inference_workers: int = Field(default=0, ge=0)
     max_delay_ms: float = Field(default=2.0, ge=0.0)
     max_queue: int = Field(default=256, ge=1)
 

@@ -39,6 +39,8 @@ class SlowEngine:
         self.backend = inner.backend
         self.provider = self._describe()
         self.max_batch_size = inner.max_batch_size
+        self.max_concurrency = inner.max_concurrency
+        self.on_gpu = inner.on_gpu
 
     def _describe(self) -> str:
         return f"{self._inner.provider} (+{self._delay_s * 1e3:.0f} ms artificial delay)"
@@ -48,6 +50,7 @@ class SlowEngine:
         # Both are known only once the inner engine is loaded.
         self.provider = self._describe()
         self.max_batch_size = self._inner.max_batch_size
+        self.on_gpu = self._inner.on_gpu
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         self._inner.warmup(batch_sizes)
@@ -72,9 +75,10 @@ def build_detector(settings: Settings, observer: InferenceObserver | None = None
     detector: DetectorLike = Detector(
         engine,
         spec,
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=settings.max_batch_size or None,
         max_delay_ms=settings.max_delay_ms,
         max_queue=settings.max_queue,
+        workers=settings.inference_workers or None,
         observer=observer,
     )
     return detector

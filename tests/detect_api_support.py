@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -12,6 +13,8 @@ import httpx
 import numpy as np
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+
+from inference.spec import ModelSpec, YoloV8DecoderSpec
 
 
 @asynccontextmanager
@@ -75,3 +78,54 @@ def nvml_works() -> bool:
         return False
     pynvml.nvmlShutdown()
     return True
+
+
+class FakeEngine:
+    """YOLOv8 layout, 64x64 input, one confident 'person' box in the middle of the image.
+
+    `gate` (a threading.Event) holds infer() until set, and `entered` says that a batch is inside; `fail`
+    makes infer() raise.
+    """
+
+    backend = "fake"
+    provider = "FakeProvider"
+    on_gpu = False
+
+    def __init__(self) -> None:
+        self.max_batch_size = 8
+        self.max_concurrency = 1  # the tests below hold one batch at the gate and count what waits
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail = False
+        self.calls = 0
+
+    def load(self) -> None:
+        return None
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        return None
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += 1
+        self.entered.set()
+        if not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the gate")
+        if self.fail:
+            raise RuntimeError("the fake GPU fell off the bus")
+        out = np.zeros((batch.shape[0], 4 + 3, 1), np.float32)
+        out[:, :4, 0] = (32, 32, 32, 32)  # cx, cy, w, h in input pixels
+        out[:, 4:, 0] = (0.9, 0.05, 0.05)
+        return {"output0": out}
+
+    def close(self) -> None:
+        return None
+
+
+FAKE_SPEC = ModelSpec(
+    name="fake-yolo",
+    input_width=64,
+    input_height=64,
+    class_names=("person", "cup", "cat"),
+    decoder=YoloV8DecoderSpec(),
+)

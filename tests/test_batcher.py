@@ -264,7 +264,65 @@ async def test_submit_before_start_fails() -> None:
         await batcher.submit(tensor(0))
 
 
+class CountingEngine:
+    """Holds every batch at `gate` and counts how many are inside at once (and from which threads)."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.threads: set[str] = set()
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.threads.add(threading.current_thread().name)
+        try:
+            if not self.gate.wait(TIMEOUT):
+                raise RuntimeError("test gate never opened")
+            return {"id": batch.reshape(batch.shape[0], -1)[:, 0].copy()}
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+async def test_workers_run_that_many_batches_at_once_and_no_more() -> None:
+    engine = CountingEngine()
+    batcher = MicroBatcher(engine, max_batch_size=1, max_delay_ms=0, workers=2)
+    await batcher.start()
+    try:
+        calls = [asyncio.create_task(batcher.submit(tensor(i))) for i in range(3)]
+        # Two batches enter the engine together; the third waits in the queue for a free worker.
+        await wait_until(lambda: engine.inside == 2 and batcher.queue_depth == 1)
+        engine.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*calls), TIMEOUT)
+    finally:
+        engine.gate.set()
+        await batcher.close()
+    assert [float(out["id"][0]) for out, _, _ in results] == [0.0, 1.0, 2.0]
+    assert engine.most_inside == 2
+    assert len(engine.threads) == 2 and all(t.startswith("rtdetect-infer") for t in engine.threads)
+
+
+async def test_close_fails_every_batch_in_flight() -> None:
+    engine = CountingEngine()
+    batcher = MicroBatcher(engine, max_batch_size=1, max_delay_ms=0, workers=2)
+    await batcher.start()
+    calls = [asyncio.create_task(batcher.submit(tensor(i))) for i in range(3)]
+    await wait_until(lambda: engine.inside == 2 and batcher.queue_depth == 1)
+    closing = asyncio.create_task(batcher.close())
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), TIMEOUT)
+    assert all(isinstance(o, InferenceError) for o in outcomes)
+    engine.gate.set()  # both threads leave the engine, so close() can join them
+    await asyncio.wait_for(closing, TIMEOUT)
+    assert not any(t.name.startswith("rtdetect-infer") for t in threading.enumerate())
+
+
 def test_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        MicroBatcher(GatedEngine(), max_batch_size=1, max_delay_ms=1, workers=0)
     with pytest.raises(ValueError):
         MicroBatcher(GatedEngine(), max_batch_size=0, max_delay_ms=1)
     with pytest.raises(ValueError):

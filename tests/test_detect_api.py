@@ -14,6 +14,7 @@ import pytest_asyncio
 
 from detect_api.app import create_app
 from detect_api.settings import Settings
+from inference.pipeline import CPU_BATCH, CPU_WORKERS
 from tests.detect_api_support import encode, iou, metric_value, nvml_works, serve, upload
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -138,7 +139,9 @@ async def test_health_ready_model_and_docs(client: httpx.AsyncClient) -> None:
     assert model["provider"] == "CPUExecutionProvider"
     assert model["input_size"] == [416, 416]
     assert len(model["classes"]) == 80 and model["classes"][0] == "person"
-    assert model["max_batch_size"] == 8 and model["max_queue"] == 256
+    # CPU defaults: no batching (no gain per image there), two runs in flight.
+    assert (model["max_batch_size"], model["workers"]) == (CPU_BATCH, CPU_WORKERS) == (1, 2)
+    assert model["max_queue"] == 256
     assert (await client.get("/docs")).status_code == 200
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert {"/detect", "/healthz", "/readyz", "/model", "/metrics"} <= set(paths)

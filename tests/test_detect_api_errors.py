@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import resource
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,8 +22,15 @@ import detect_api.app
 from detect_api.app import create_app
 from detect_api.settings import Settings
 from inference.pipeline import Detector
-from inference.spec import ModelSpec, YoloV8DecoderSpec
-from tests.detect_api_support import encode, metric_value, png_header_only, serve, upload
+from tests.detect_api_support import (
+    FAKE_SPEC,
+    FakeEngine,
+    encode,
+    metric_value,
+    png_header_only,
+    serve,
+    upload,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -177,55 +183,6 @@ async def test_errors_are_counted_by_status(client: httpx.AsyncClient) -> None:
 
 
 # --- against a fake engine ---------------------------------------------------------------------------------
-
-
-class FakeEngine:
-    """YOLOv8 layout, 64x64 input, one confident 'person' box in the middle of the image.
-
-    `gate` (a threading.Event) holds infer() until set, and `entered` says that a batch is inside; `fail`
-    makes infer() raise.
-    """
-
-    backend = "fake"
-    provider = "FakeProvider"
-
-    def __init__(self) -> None:
-        self.max_batch_size = 8
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.fail = False
-        self.calls = 0
-
-    def load(self) -> None:
-        return None
-
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        return None
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        self.calls += 1
-        self.entered.set()
-        if not self.gate.wait(timeout=30):
-            raise TimeoutError("the test never opened the gate")
-        if self.fail:
-            raise RuntimeError("the fake GPU fell off the bus")
-        out = np.zeros((batch.shape[0], 4 + 3, 1), np.float32)
-        out[:, :4, 0] = (32, 32, 32, 32)  # cx, cy, w, h in input pixels
-        out[:, 4:, 0] = (0.9, 0.05, 0.05)
-        return {"output0": out}
-
-    def close(self) -> None:
-        return None
-
-
-FAKE_SPEC = ModelSpec(
-    name="fake-yolo",
-    input_width=64,
-    input_height=64,
-    class_names=("person", "cup", "cat"),
-    decoder=YoloV8DecoderSpec(),
-)
 
 
 @pytest.fixture

@@ -16,7 +16,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.model_dir == default_model_dir()
     assert (settings.backend, settings.port, settings.host) == ("onnxruntime", 8000, "127.0.0.1")
-    assert (settings.max_batch_size, settings.max_delay_ms, settings.max_queue) == (8, 2.0, 256)
+    # Batch size and batches in flight: 0 = chosen by the engine's device once it is loaded.
+    assert (settings.max_batch_size, settings.inference_workers) == (0, 0)
+    assert (settings.max_delay_ms, settings.max_queue) == (2.0, 256)
     assert settings.max_upload_bytes == 20 * 1024 * 1024
     # onnxruntime's busy-waiting threads are off by default: the cores go to decoding and HTTP.
     assert settings.engine_kwargs() == {"allow_spinning": False}
@@ -55,7 +57,8 @@ def test_other_backends_take_their_own_options(monkeypatch: pytest.MonkeyPatch) 
         {"RTDETECT_BACKEND": "tensorrt", "RTDETECT_PROVIDERS": "CPUExecutionProvider"},
         {"RTDETECT_DEFAULT_MAX_DETECTIONS": "500"},
         {"RTDETECT_SCORE_THRESHOLD": "1.5"},
-        {"RTDETECT_MAX_BATCH_SIZE": "0"},
+        {"RTDETECT_MAX_BATCH_SIZE": "-1"},
+        {"RTDETECT_INFERENCE_WORKERS": "-2"},
         {"RTDETECT_LOG_LEVEL": "chatty"},
     ],
 )

@@ -288,7 +288,7 @@ def test_check_offer_sdp_refuses_what_it_cannot_serve(sdp: str) -> None:
 
 def test_slow_engine_delays_every_call() -> None:
     class Engine:
-        backend, provider, max_batch_size = "fake", "cpu", 4
+        backend, provider, max_batch_size, max_concurrency, on_gpu = "fake", "cpu", 4, 1, False
 
         def load(self) -> None:
             self.max_batch_size = 2

@@ -27,6 +27,8 @@ class Engine(Protocol):
     backend: str
     provider: str  # what actually runs it, e.g. "CPUExecutionProvider", "TensorRT 10.9 on NVIDIA H100"
     max_batch_size: int  # largest batch `infer` accepts
+    max_concurrency: int  # how many `infer` calls may run at once from different threads
+    on_gpu: bool  # where inference runs once loaded: decides the batching defaults
 
     def load(self) -> None: ...
 

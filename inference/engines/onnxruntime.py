@@ -17,6 +17,8 @@ log = logging.getLogger("rtdetect.inference")
 
 # Largest batch offered when the model's batch axis is dynamic; the batcher's own limit is usually lower.
 DYNAMIC_MAX_BATCH = 64
+MAX_CONCURRENT_RUNS = 64
+_GPU_PROVIDERS = frozenset({"TensorrtExecutionProvider", "CUDAExecutionProvider"})
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -44,6 +46,9 @@ class OnnxRuntimeEngine:
         self.trt_fp16 = trt_fp16
         self.provider = "not loaded"
         self.max_batch_size = 1
+        # InferenceSession.run is thread-safe: concurrent runs share the weights, each with its own buffers.
+        self.max_concurrency = MAX_CONCURRENT_RUNS
+        self.on_gpu = False
         self._session: Any = None
         self._input_name = spec.input_name
         self._output_names: list[str] = []
@@ -83,6 +88,7 @@ class OnnxRuntimeEngine:
         self._output_names = [o.name for o in session.get_outputs()]
         self._session = session
         self.provider = session.get_providers()[0]
+        self.on_gpu = self.provider in _GPU_PROVIDERS
         log.info(
             "onnxruntime %s loaded %s with %s (max batch %d)",
             ort.__version__,

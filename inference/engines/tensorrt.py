@@ -107,6 +107,10 @@ class TensorRTEngine:
         self.provider = "not loaded"
         self.max_batch_size = 1
         self.min_batch_size = 1
+        # One execution context and one stream: calls are serialised. Parallel runs would need a context
+        # (and optimisation profile) per worker; a GPU gets its concurrency from batching instead.
+        self.max_concurrency = 1
+        self.on_gpu = True
         self._cuda: _Cuda | None = None
         self._engine: Any = None
         self._context: Any = None

@@ -52,6 +52,8 @@ class TorchEngine:
         self.threads = threads
         self.provider = "not loaded"
         self.max_batch_size = MAX_BATCH
+        self.max_concurrency = 1  # the baseline: one forward at a time (see _lock)
+        self.on_gpu = False
         self._torch: Any = None
         self._model: Any = None
         self._device: Any = None
@@ -101,6 +103,7 @@ class TorchEngine:
         self._model = model.to(device).eval()
         self._torch = torch
         self._device = device
+        self.on_gpu = device.type == "cuda"
         names = getattr(model, "output_names", None)
         self._output_names = list(names) if names else _default_output_names(self.spec)
         self.provider = f"torch {torch.__version__} on {device}"
