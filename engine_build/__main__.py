@@ -88,7 +88,8 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, default=settings.model_dir)
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0: all cores)")
-    p.add_argument("--requests", type=int, default=120, help="/detect requests per concurrency level")
+    p.add_argument("--requests", type=int, default=240, help="/detect requests per level and round")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over the /detect levels")
     p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
 
     p = sub.add_parser("tensorrt", help="model.onnx -> model.engine with TensorRT (needs an NVIDIA GPU)")
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             from engine_build.bench import run_bench
 
             run_bench(args.model_dir, iterations=args.iterations, threads=args.threads,
-                      requests=args.requests, output=args.output)  # fmt: skip
+                      requests=args.requests, rounds=args.rounds, output=args.output)  # fmt: skip
         elif args.command == "tensorrt":
             from engine_build.tensorrt import build_engine
 

@@ -28,9 +28,9 @@ log = logging.getLogger("rtdetect.inference")
 
 _DEFAULT_PARAMS = DetectParams()
 
-# Defaults by where the engine runs, measured on the benchmark machine (docs/benchmarks.md). A CPU
-# gains nothing per image from batching (ONNX Runtime: 13.0 ms/image at batch 1, 13.6 at batch 4) but
-# two runs in flight keep its cores busy through every hand-off; a GPU gains from batching.
+# Defaults by where the engine runs (docs/benchmarks.md compares them on /detect). A CPU gains nothing
+# per image from batching (ONNX Runtime here: 13.0 ms per image at batch 1, 13.6 at batch 4), but two
+# runs in flight keep its cores busy through every hand-off between requests; a GPU gains from batching.
 CPU_WORKERS, CPU_BATCH = 2, 1
 GPU_WORKERS, GPU_BATCH = 1, 8
 

@@ -320,8 +320,9 @@ async def test_detector_detect(yolo_dir: Path, caplog: pytest.LogCaptureFixture)
             "provider": "CPUExecutionProvider",
             "input_size": [320, 320],
             "classes": list(YOLO_CLASSES),
-            "max_batch_size": 8,
+            "max_batch_size": 1,  # the CPU defaults: no batching, two runs in flight
             "max_delay_ms": 2.0,
+            "workers": 2,
         }
         result = await detector.detect(WHITE)
         assert as_tuples(result.detections) == EXPECTED
