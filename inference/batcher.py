@@ -145,6 +145,9 @@ class MicroBatcher:
             task = asyncio.create_task(self._run_batch(batch), name="rtdetect-batch")
             self._batches.add(task)
             task.add_done_callback(self._batch_done)
+            # The task owns the requests now; holding them here would keep the last batch's input
+            # tensors alive while the worker waits for the next request.
+            del gathered, batch
 
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -318,6 +320,22 @@ async def test_close_fails_every_batch_in_flight() -> None:
     engine.gate.set()  # both threads leave the engine, so close() can join them
     await asyncio.wait_for(closing, TIMEOUT)
     assert not any(t.name.startswith("rtdetect-infer") for t in threading.enumerate())
+
+
+async def test_answered_requests_leave_nothing_behind() -> None:
+    # The worker must not hold the last batch's input (a 416x416 image is 2 MB) while it waits for more.
+    batcher = MicroBatcher(GatedEngine(), max_batch_size=2, max_delay_ms=0, workers=2)
+    await batcher.start()
+    try:
+        inputs = [tensor(i) for i in range(3)]
+        refs = [weakref.ref(t) for t in inputs]
+        await asyncio.wait_for(asyncio.gather(*(batcher.submit(t) for t in inputs)), TIMEOUT)
+        await wait_until(lambda: batcher.queue_depth == 0)
+        del inputs
+        gc.collect()
+        assert sum(r() is not None for r in refs) == 0
+    finally:
+        await batcher.close()
 
 
 def test_rejects_bad_settings() -> None:
