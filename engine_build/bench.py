@@ -7,15 +7,16 @@ hits both alike; the figures are medians and ratios from one run, written to doc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from engine_build.export import parity_images
+from engine_build.servers import LOOPBACK, ServerProcess, free_port, server_process
 from inference.engines import Engine, create_engine
 from inference.pipeline import CPU_WORKERS
 from inference.preprocess import preprocess
@@ -98,12 +100,6 @@ def time_engines(engines: dict[str, Engine], batch: np.ndarray, iterations: int)
     return samples
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _drive_detect(
     url: str, payload: bytes, concurrency: int, requests: int
 ) -> tuple[float, list[float]]:
@@ -177,30 +173,18 @@ class ApiLevel:
         return min(ratios), max(ratios)
 
 
-def _start_api(
-    model_dir: Path, threads: int, extra_env: dict[str, str]
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = {**os.environ, "RTDETECT_MODEL_DIR": str(model_dir), "RTDETECT_PORT": str(port),
-           "RTDETECT_HOST": "127.0.0.1", "RTDETECT_INTRA_OP_THREADS": str(threads),
-           "RTDETECT_LOG_LEVEL": "warning", **extra_env}  # fmt: skip
-    return subprocess.Popen([sys.executable, "-m", "detect_api"], env=env), f"http://127.0.0.1:{port}"
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], base: str) -> dict[str, object]:
-    import httpx
-
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                model: dict[str, object] = httpx.get(f"{base}/model", timeout=2).json()
-                return model
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("detect API did not become ready")
-        time.sleep(0.2)
+def _api_server(
+    model_dir: Path, threads: int, extra_env: dict[str, str], logs: Path, port: int
+) -> AbstractContextManager[ServerProcess]:
+    env = {"RTDETECT_MODEL_DIR": str(model_dir), "RTDETECT_PORT": str(port), "RTDETECT_HOST": LOOPBACK,
+           "RTDETECT_INTRA_OP_THREADS": str(threads), "RTDETECT_LOG_LEVEL": "warning",
+           "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0", **extra_env}  # fmt: skip
+    return server_process(
+        [sys.executable, "-m", "detect_api"],
+        env=env,
+        ready_url=f"http://{LOOPBACK}:{port}/model",
+        log_path=logs / f"detect_api-{port}.log",
+    )
 
 
 def bench_detect_api(
@@ -211,11 +195,16 @@ def bench_detect_api(
     `raw_rate` times the bare engine just before each round, so each ratio compares two measurements
     taken in the same minute of this shared machine's life; the reported ratio is the median of those.
     """
-    servers = {name: _start_api(model_dir, threads, env) for name, env in API_CONFIGS.items()}
-    try:
-        models = {name: _wait_ready(proc, base) for name, (proc, base) in servers.items()}
+    logs = Path(tempfile.mkdtemp(prefix="rtdetect-bench-"))
+    with contextlib.ExitStack() as stack:
+        ports = {name: free_port() for name in API_CONFIGS}
+        servers = {
+            name: stack.enter_context(_api_server(model_dir, threads, env, logs, ports[name]))
+            for name, env in API_CONFIGS.items()
+        }
+        _progress(f"detect API servers ready (logs in {logs})")
         levels = [
-            ApiLevel(name, c, int(str(models[name]["max_batch_size"])), int(str(models[name]["workers"])))
+            ApiLevel(name, c, int(servers[name].ready["max_batch_size"]), int(servers[name].ready["workers"]))
             for name, c in API_LEVELS
         ]
         for i in range(rounds):
@@ -223,17 +212,12 @@ def bench_detect_api(
                 raw = raw_rate()
                 _progress(f"round {i + 1}/{rounds}: /detect ({level.config}) at concurrency "
                           f"{level.concurrency}: {requests} requests")  # fmt: skip
-                base = servers[level.config][1]
-                rate, lat = asyncio.run(_drive_detect(f"{base}/detect", payload, level.concurrency, requests))
+                url = f"http://{LOOPBACK}:{ports[level.config]}/detect"
+                rate, lat = asyncio.run(_drive_detect(url, payload, level.concurrency, requests))
                 level.rates.append(rate)
                 level.p50s.append(statistics.median(lat))
                 level.raws.append(raw)
         return levels
-    finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-        for proc, _ in servers.values():
-            proc.wait(timeout=30)
 
 
 def raw_engine_rate(engine: Engine, single: np.ndarray, iterations: int, streams: int) -> float:

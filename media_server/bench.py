@@ -26,13 +26,11 @@ import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -41,12 +39,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from engine_build.servers import LOOPBACK, ServerProcess, free_port, server_process
 from inference.paths import default_model_dir
 from media_server.ice import HostAddressOverride
 from media_server.synthetic import SyntheticPeer
 
 SECTION = "media_server.bench"
-LOOPBACK = "127.0.0.1"
 WARMUP_S = 3.0  # after every peer's first frame came back: encoders ramp up their bitrate
 DATA_PREFIX = f"<!-- {SECTION}:data "
 TARGETS = (
@@ -130,17 +128,13 @@ def _rss_mb(pid: int) -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
-def media_server(pipeline: str, peers: int, engine_delay_ms: float, model_dir: Path, logs: Path) -> Any:
-    port = _free_port()
+def media_server(
+    pipeline: str, peers: int, engine_delay_ms: float, model_dir: Path, logs: Path
+) -> Iterator[tuple[ServerProcess, str]]:
+    """The media server as a ready subprocess, and its URL."""
+    port = free_port()
     env = {
-        **os.environ,
         "RTDETECT_MEDIA_HOST": LOOPBACK,
         "RTDETECT_MEDIA_PORT": str(port),
         "RTDETECT_MEDIA_MODEL_DIR": str(model_dir),
@@ -153,39 +147,15 @@ def media_server(pipeline: str, peers: int, engine_delay_ms: float, model_dir: P
         # The naive pipeline falls behind by design: its peers must not be closed as silent meanwhile.
         "RTDETECT_MEDIA_DISCONNECT_TIMEOUT_S": "120",
     }
-    log_path = logs / f"media_server-{pipeline}-{peers}.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "media_server"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        yield proc, f"http://{LOOPBACK}:{port}", log_path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:]
-
-
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + 90
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the media server exited ({proc.returncode}):\n{_tail(log_path)}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{url}/readyz") as resp:
-                    if resp.status == 200:
-                        ready: dict[str, Any] = await resp.json()
-                        return ready
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"the media server did not get ready:\n{_tail(log_path)}")
+    url = f"http://{LOOPBACK}:{port}"
+    with server_process(
+        [sys.executable, "-m", "media_server"],
+        env=env,
+        ready_url=f"{url}/readyz",
+        log_path=logs / f"media_server-{pipeline}-{peers}.log",
+        timeout_s=90,
+    ) as server:
+        yield server, url
 
 
 async def run_once(
@@ -194,8 +164,8 @@ async def run_once(
     from skimage import data  # a real photo of a person, as in the tests
 
     photo = np.ascontiguousarray(data.astronaut()[:, :, ::-1])
-    with media_server(pipeline, peers, engine_delay_ms, model_dir, logs) as (proc, url, log_path):
-        info = (await _wait_ready(url, proc, log_path))["model"]
+    with media_server(pipeline, peers, engine_delay_ms, model_dir, logs) as (server, url):
+        proc, info = server.proc, server.ready["model"]
         clients = [SyntheticPeer(url, photo, fps=fps) for _ in range(peers)]
         for client in clients:  # stamp results with their arrival, to count them per window
             client.channel.remove_all_listeners("message")

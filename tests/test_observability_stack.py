@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from engine_build.servers import free_port
 from media_server.ice import HostAddressOverride
 from media_server.synthetic import SyntheticPeer
 from observability.gpu import GpuSampler
@@ -86,12 +86,6 @@ def _run(argv: list[str], cwd: Path | None = None) -> str:
     proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def _dashboard() -> dict[str, Any]:
@@ -475,7 +469,7 @@ def stack(
     prometheus = _prometheus()
     promtool = _promtool()
     tmp = tmp_path_factory.mktemp("observability")
-    api_port, media_port, prom_port, dcgm_port = (_free_port() for _ in range(4))
+    api_port, media_port, prom_port, dcgm_port = (free_port() for _ in range(4))
     api_url, media_url = f"http://{LOOPBACK}:{api_port}", f"http://{LOOPBACK}:{media_port}"
     processes: list[Process] = []
     load: Load | None = None
@@ -709,7 +703,7 @@ def test_run_prometheus_script_scrapes_local_servers(tmp_path: Path) -> None:
         src, dst = ROOT / part, tmp_path / part
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-    port = _free_port()
+    port = free_port()
     proc = _spawn(
         "run_prometheus",
         [str(tmp_path / "scripts" / "run_prometheus.sh")],

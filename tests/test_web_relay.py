@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
-import socket
 
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from av import VideoFrame
 
+from engine_build.servers import free_port
 from inference.types import Detection
 from tests.media_support import FakeDetector, loopback_settings, running_server
 from web.ice import aiortc_configuration
@@ -181,12 +181,6 @@ async def test_relay_round_trip_through_the_media_server() -> None:
         with pytest.raises(MediaStreamError):
             await relay.output.recv()
         await wait_for(lambda: len(server.state.peers) == 0, 10, "the media server to drop the peer")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_relay_reports_a_media_server_that_is_down() -> None:

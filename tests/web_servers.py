@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-import requests
+from engine_build.servers import LOOPBACK, free_port
+from engine_build.servers import server_process as launch
 
 ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK = "127.0.0.1"
 
 # The media server through its app factory (the contract), independent of any command-line entry point.
 MEDIA_SERVER_LAUNCHER = """
@@ -28,47 +25,16 @@ web.run_app(create_app(settings), host=settings.host, port=settings.port, print=
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def server_process(
     name: str, argv: list[str], env: Mapping[str, str], ready_url: str, log_dir: Path, timeout_s: float = 60
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `argv` until the block ends; ready once `ready_url` answers 200. Its log is attached to failures."""
-    log_path = log_dir / f"{name}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail(log_path)}")
-                try:
-                    if requests.get(ready_url, timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} not ready within {timeout_s} s:\n{tail(log_path)}")
-                time.sleep(0.1)  # polling a health URL until a deadline
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    """Run `argv` from the repository root until the block ends; ready once `ready_url` answers 200."""
+    with launch(
+        argv, ready_url=ready_url, log_path=log_dir / f"{name}.log", env=env, cwd=ROOT,
+        timeout_s=timeout_s, stop_timeout_s=10,
+    ) as server:  # fmt: skip
+        yield server.proc
 
 
 @contextmanager
