@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in the source image's pixels
@@ -45,7 +45,8 @@ class Timings:
     total: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
-        return {k: round(v, 3) for k, v in asdict(self).items()}
+        # Per request, twice: fields() is several times cheaper than asdict()'s recursive deep copy.
+        return {f.name: round(getattr(self, f.name), 3) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from detect_api.app import create_app
+from detect_api.app import DetectResponse, create_app
 from detect_api.settings import Settings
 from inference.pipeline import CPU_BATCH, CPU_WORKERS
 from tests.detect_api_support import encode, iou, metric_value, nvml_works, serve, upload
@@ -49,6 +49,10 @@ async def test_astronaut_is_a_person_with_the_known_box(client: httpx.AsyncClien
     assert all(v > 0 for v in timings.values())
     assert timings["total"] >= timings["decode"] + timings["inference"]
     assert "inference;dur=" in r.headers["server-timing"]
+    # The body is serialised by hand; the documented model must describe it exactly.
+    assert DetectResponse.model_validate(body).model_dump() == body
+    documented = (await client.get("/openapi.json")).json()["components"]["schemas"]["DetectResponse"]
+    assert set(documented["properties"]) == set(body)
 
 
 async def test_boxes_are_in_the_uploaded_images_pixels(client: httpx.AsyncClient, photos: dict) -> None:
