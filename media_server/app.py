@@ -21,9 +21,10 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference.errors import ModelLoadError, OverloadedError
+from inference.ice import HostAddressOverride
 from inference.types import DetectParams
 from media_server.detector import DetectorLike, build_detector
-from media_server.ice import HostAddressOverride, client_ice_servers, server_rtc_configuration
+from media_server.ice import client_ice_servers, server_rtc_configuration
 from media_server.peers import OfferError, PeerRegistry, PeerSession, check_offer_sdp
 from media_server.settings import PipelineMode, Settings
 from media_server.track import LivePipeline, NaivePipeline, PeerMedia

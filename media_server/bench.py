@@ -40,8 +40,8 @@ import aiohttp
 import numpy as np
 
 from engine_build.servers import LOOPBACK, ServerProcess, free_port, server_process
+from inference.ice import HostAddressOverride
 from inference.paths import default_model_dir
-from media_server.ice import HostAddressOverride
 from media_server.synthetic import SyntheticPeer
 
 SECTION = "media_server.bench"

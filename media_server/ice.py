@@ -1,30 +1,19 @@
-"""ICE configuration: explicit ICE servers, the host addresses offered as candidates, announced addresses.
+"""ICE configuration: explicit ICE servers (TURN credentials fresh per request) and announced addresses.
 
-aioice gathers host candidates from `aioice.ice.get_host_addresses`, which leaves loopback out; in a
-loopback-only network namespace (tests, benchmarks) a peer would gather no candidate at all. That function
-is the seam: `HostAddressOverride` replaces it with the configured list while the app runs. It is
-process-wide (aioice has no per-connection option), so it also applies to in-process client peers.
+The host addresses offered as candidates are `inference.ice.HostAddressOverride`, installed while the app
+runs (shared with the UI's relay).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import aioice.ice
 from aiortc import RTCConfiguration
 
 from media_server.settings import Settings
 from media_server.turn import ice_servers_for_client, to_rtc_ice_servers
-
-logger = logging.getLogger(__name__)
-
-
-class HostAddressGetter(Protocol):
-    def __call__(self, use_ipv4: bool, use_ipv6: bool) -> list[str]: ...
 
 
 def _ice_servers(settings: Settings, turn_urls: Sequence[str], user: str) -> list[dict[str, Any]]:
@@ -43,40 +32,6 @@ def server_rtc_configuration(settings: Settings) -> RTCConfiguration:
     to Google's public STUN server."""
     servers = _ice_servers(settings, settings.turn_server_urls, "media-server")
     return RTCConfiguration(iceServers=to_rtc_ice_servers(servers))
-
-
-class HostAddressOverride:
-    """Installs a fixed list of host-candidate addresses into aioice; `uninstall` restores the original.
-
-    Overrides nest (tests create several apps): each uninstall restores what its install replaced.
-    """
-
-    def __init__(self, addresses: Sequence[str]) -> None:
-        self._addresses = [str(ipaddress.ip_address(a)) for a in addresses]
-        self._previous: HostAddressGetter | None = None
-
-    def _get(self, use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [
-            a
-            for a in self._addresses
-            if (ipaddress.ip_address(a).version == 4 and use_ipv4)
-            or (ipaddress.ip_address(a).version == 6 and use_ipv6)
-        ]
-
-    def install(self) -> None:
-        if self._previous is not None or not self._addresses:
-            return
-        self._previous = aioice.ice.get_host_addresses
-        aioice.ice.get_host_addresses = self._get
-        logger.info("ICE host candidates restricted to %s", ", ".join(self._addresses))
-
-    def uninstall(self) -> None:
-        if self._previous is None:
-            return
-        # Only undo our own patch: a later override that is still installed stays in place.
-        if aioice.ice.get_host_addresses == self._get:
-            aioice.ice.get_host_addresses = self._previous
-        self._previous = None
 
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.MULTILINE)

@@ -8,9 +8,10 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from inference.ice import IceServer, parse_ice_servers
 from inference.settings import ServingSettings, split_list
 from inference.types import DetectParams
 from media_server.turn import validate_ice_url
@@ -33,28 +34,6 @@ class PipelineMode(StrEnum):
     # The benchmark's baseline only: inference inline in the track's recv(), as aiortc's example server
     # does. Its latency grows without limit when inference is slower than the camera.
     NAIVE = "naive"
-
-
-class IceServer(BaseModel):
-    """One STUN or TURN server, in the shape the browser's RTCPeerConnection takes."""
-
-    model_config = ConfigDict(frozen=True)
-    urls: list[str] = Field(min_length=1)
-    username: str | None = None
-    credential: str | None = None
-
-    @field_validator("urls", mode="before")
-    @classmethod
-    def _one_url(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    def to_browser(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"urls": list(self.urls)}
-        if self.username is not None:
-            out["username"] = self.username
-        if self.credential is not None:
-            out["credential"] = self.credential
-        return out
 
 
 class Settings(ServingSettings):
@@ -105,10 +84,7 @@ class Settings(ServingSettings):
     @field_validator("ice_servers", mode="before")
     @classmethod
     def _parse_ice_servers(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            return json.loads(text) if text else []
-        return value
+        return parse_ice_servers(value)
 
     @field_validator("ice_host_addresses", "turn_urls", "turn_server_urls", mode="before")
     @classmethod

@@ -19,11 +19,11 @@ from av import VideoFrame
 from pydantic import ValidationError
 
 from inference.draw import draw_detections
+from inference.ice import HostAddressOverride
 from inference.types import Detection
 from media_server.detector import SlowEngine
 from media_server.frames import normalize, to_bgr
 from media_server.ice import (
-    HostAddressOverride,
     announce_addresses,
     client_ice_servers,
     server_rtc_configuration,

@@ -39,7 +39,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from engine_build.servers import free_port
-from media_server.ice import HostAddressOverride
+from inference.ice import HostAddressOverride
 from media_server.synthetic import SyntheticPeer
 from observability.gpu import GpuSampler
 

@@ -7,18 +7,13 @@ explicit, possibly empty, `iceServers` list.
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 from collections.abc import Sequence
 from typing import Any
 
-import aioice.ice
 import requests
 from aiortc import RTCConfiguration, RTCIceServer
 
-from web.settings import IceServer
-
-logger = logging.getLogger(__name__)
+from inference.ice import HostAddressOverride, IceServer
 
 
 def rtc_configuration_dict(servers: Sequence[IceServer]) -> dict[str, Any]:
@@ -57,31 +52,23 @@ def merge_ice_servers(configured: Sequence[IceServer], fetched: Sequence[IceServ
     return out
 
 
-# aioice's own discovery, captured at import (before any override) so an empty list can restore it.
-_AIOICE_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
-_installed: tuple[str, ...] = ()
+# The override this process runs with (Streamlit reruns app.py on every interaction: install once).
+_override: HostAddressOverride | None = None
 
 
 def restrict_host_candidates(addresses: Sequence[str]) -> None:
     """Offer exactly `addresses` as host candidates from this process's aiortc peers.
 
-    aioice gathers host candidates from `aioice.ice.get_host_addresses`, which leaves loopback out: in a
-    loopback-only deployment (the tests' network namespace) the Streamlit server's peers would gather no
-    candidate at all. That function is the seam. Process-wide and idempotent; an empty list restores
-    aioice's own discovery.
+    In a loopback-only deployment (the tests' network namespace) the Streamlit server's peers would
+    otherwise gather no candidate at all (see inference/ice.py). Process-wide and idempotent; an empty
+    list restores aioice's own discovery.
     """
-    global _installed
-    fixed = [ipaddress.ip_address(a) for a in addresses]
-    wanted = tuple(str(a) for a in fixed)
-    if wanted == _installed:
+    global _override
+    wanted = HostAddressOverride(addresses)
+    current = _override.addresses if _override is not None else ()
+    if wanted.addresses == current:
         return
-    _installed = wanted
-    if not fixed:
-        aioice.ice.get_host_addresses = _AIOICE_GET_HOST_ADDRESSES
-        return
-
-    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return [str(a) for a in fixed if (a.version == 4 and use_ipv4) or (a.version == 6 and use_ipv6)]
-
-    aioice.ice.get_host_addresses = get_host_addresses
-    logger.info("ICE host candidates of the UI's peers restricted to %s", ", ".join(map(str, fixed)))
+    if _override is not None:
+        _override.uninstall()
+    wanted.install()
+    _override = wanted

@@ -9,9 +9,10 @@ import streamlit as st
 from pydantic import ValidationError
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
+from inference.ice import IceServer
 from web.ice import aiortc_configuration, fetch_media_server_ice, merge_ice_servers, rtc_configuration_dict
 from web.relay import LiveSnapshot, MediaServerRelay
-from web.settings import IceServer, Settings
+from web.settings import Settings
 
 RELAY_KEY = "live_relay"
 # The camera resolution the media server's model and overlay are tuned for; the browser may still adapt.

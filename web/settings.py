@@ -7,43 +7,10 @@ import ipaddress
 import json
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
-class IceServer(BaseModel):
-    """One STUN or TURN server, in the shape the browser's RTCPeerConnection takes."""
-
-    model_config = ConfigDict(frozen=True)
-    urls: list[str] = Field(min_length=1)
-    username: str | None = None
-    credential: str | None = None
-
-    @field_validator("urls", mode="before")
-    @classmethod
-    def _one_url(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("urls")
-    @classmethod
-    def _ice_scheme(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not url.startswith(("stun:", "turn:", "turns:")):
-                raise ValueError(f"ICE server URL {url!r} must start with stun:, turn: or turns:")
-        return value
-
-    def to_browser(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"urls": list(self.urls)}
-        if self.username is not None:
-            out["username"] = self.username
-        if self.credential is not None:
-            out["credential"] = self.credential
-        return out
-
-    def redacted(self) -> str:
-        """For display: the URLs and whether a credential is set, never the credential itself."""
-        auth = f" (user {self.username}, credential set)" if self.credential else ""
-        return ", ".join(self.urls) + auth
+from inference.ice import IceServer, parse_ice_servers
 
 
 class Settings(BaseSettings):
@@ -75,10 +42,7 @@ class Settings(BaseSettings):
     @field_validator("ice_servers", mode="before")
     @classmethod
     def _parse_ice_servers(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            return json.loads(text) if text else []
-        return value
+        return parse_ice_servers(value)
 
     @field_validator("ice_host_addresses", mode="before")
     @classmethod
