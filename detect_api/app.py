@@ -189,15 +189,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def _build_detector(settings: Settings, metrics: InferenceMetrics) -> Detector:
     spec = ModelSpec.load(settings.model_dir)
     engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_kwargs())
-    return Detector(
-        engine,
-        spec,
-        max_batch_size=settings.max_batch_size or None,
-        max_delay_ms=settings.max_delay_ms,
-        max_queue=settings.max_queue,
-        workers=settings.inference_workers or None,
-        observer=PrometheusObserver(metrics),
-    )
+    return Detector(engine, spec, **settings.detector_kwargs(), observer=PrometheusObserver(metrics))
 
 
 def _on_detector(state: ApiState, detector: Detector) -> None:

@@ -89,3 +89,12 @@ class ServingSettings(BaseSettings):
                 options["intra_op_threads"] = self.intra_op_threads
             options.setdefault("allow_spinning", self.allow_spinning)
         return options
+
+    def detector_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `inference.pipeline.Detector`'s batcher (0 here: None there, by device)."""
+        return {
+            "max_batch_size": self.max_batch_size or None,
+            "max_delay_ms": self.max_delay_ms,
+            "max_queue": self.max_queue,
+            "workers": self.inference_workers or None,
+        }

@@ -72,13 +72,5 @@ def build_detector(settings: Settings, observer: InferenceObserver | None = None
     engine: Engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_kwargs())
     if settings.engine_delay_ms > 0:
         engine = SlowEngine(engine, settings.engine_delay_ms / 1e3)
-    detector: DetectorLike = Detector(
-        engine,
-        spec,
-        max_batch_size=settings.max_batch_size or None,
-        max_delay_ms=settings.max_delay_ms,
-        max_queue=settings.max_queue,
-        workers=settings.inference_workers or None,
-        observer=observer,
-    )
+    detector: DetectorLike = Detector(engine, spec, **settings.detector_kwargs(), observer=observer)
     return detector

@@ -19,6 +19,12 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     # Batch size and batches in flight: 0 = chosen by the engine's device once it is loaded.
     assert (settings.max_batch_size, settings.inference_workers) == (0, 0)
     assert (settings.max_delay_ms, settings.max_queue) == (2.0, 256)
+    assert settings.detector_kwargs() == {
+        "max_batch_size": None,
+        "max_delay_ms": 2.0,
+        "max_queue": 256,
+        "workers": None,
+    }
     assert settings.max_upload_bytes == 20 * 1024 * 1024
     # onnxruntime's busy-waiting threads are off by default: the cores go to decoding and HTTP.
     assert settings.engine_kwargs() == {"allow_spinning": False}
@@ -36,6 +42,7 @@ def test_values_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert settings.model_dir == tmp_path
     assert settings.providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert settings.max_batch_size == 4 and settings.log_level == "DEBUG" and settings.port == 8000
+    assert settings.detector_kwargs()["max_batch_size"] == 4
     assert settings.engine_kwargs() == {
         "providers": ["CUDAExecutionProvider", "CPUExecutionProvider"],
         "intra_op_threads": 2,
