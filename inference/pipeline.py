@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from inference.decoders import Decoder, create_decoder
 from inference.engines import Engine
 from inference.errors import InferenceError
 from inference.observer import InferenceObserver
-from inference.preprocess import preprocess, preprocess_one
+from inference.preprocess import Transform, preprocess, preprocess_one
 from inference.spec import ModelSpec
 from inference.types import DetectionResult, DetectParams, Timings
 
@@ -33,6 +34,15 @@ _DEFAULT_PARAMS = DetectParams()
 # runs in flight keep its cores busy through every hand-off between requests; a GPU gains from batching.
 CPU_WORKERS, CPU_BATCH = 2, 1
 GPU_WORKERS, GPU_BATCH = 1, 8
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One image ready for the batcher: its input tensor and the way back to its pixels."""
+
+    tensor: np.ndarray
+    transform: Transform
+    preprocess_ms: float
 
 
 def _auto(value: int | None, name: str) -> int | None:
@@ -155,21 +165,33 @@ class Detector:
         Raises InvalidImageError for a malformed image, OverloadedError when the batcher's queue is full and
         InferenceError when the engine fails or the detector is not started.
         """
-        batcher = self._batcher
-        if batcher is None:
-            raise InferenceError("the detector is not started")
+        self._require_batcher()
+        return await self.detect_prepared(await asyncio.to_thread(self.prepare, image), params)
+
+    def prepare(self, image: np.ndarray) -> Prepared:
+        """Pre-process one image (blocking; any thread). A caller that already works in a thread (the
+        detect API decodes uploads in one) prepares there and calls `detect_prepared`: one thread hop
+        fewer per request, which at concurrency 1 is half a millisecond on a busy 2-core machine."""
         t0 = time.perf_counter()
-        tensor, transform = await asyncio.to_thread(preprocess_one, image, self.spec)
+        tensor, transform = preprocess_one(image, self.spec)
+        return Prepared(tensor, transform, (time.perf_counter() - t0) * 1e3)
+
+    async def detect_prepared(
+        self, prepared: Prepared, params: DetectParams = _DEFAULT_PARAMS
+    ) -> DetectionResult:
+        """`detect` for an image already through `prepare`."""
+        batcher = self._require_batcher()
+        transform = prepared.transform
         t1 = time.perf_counter()
-        outputs, batch_size, inference_s = await batcher.submit(tensor)
+        outputs, batch_size, inference_s = await batcher.submit(prepared.tensor)
         t2 = time.perf_counter()
         detections = (await asyncio.to_thread(self.decoder.decode, outputs, [transform], params))[0]
         t3 = time.perf_counter()
         timings = Timings(
-            preprocess=(t1 - t0) * 1e3,
+            preprocess=prepared.preprocess_ms,
             inference=inference_s * 1e3,
             postprocess=(t3 - t2) * 1e3,
-            total=(t3 - t0) * 1e3,
+            total=prepared.preprocess_ms + (t3 - t1) * 1e3,
         )
         return DetectionResult(
             detections=detections,
@@ -178,6 +200,11 @@ class Detector:
             batch_size=batch_size,
             timings=timings,
         )
+
+    def _require_batcher(self) -> MicroBatcher:
+        if self._batcher is None:
+            raise InferenceError("the detector is not started")
+        return self._batcher
 
     def detect_batch_sync(
         self, images: Sequence[np.ndarray], params: DetectParams = _DEFAULT_PARAMS

@@ -332,6 +332,11 @@ async def test_detector_detect(yolo_dir: Path, caplog: pytest.LogCaptureFixture)
         assert t.total >= t.preprocess + t.inference + t.postprocess
         filtered = await detector.detect(WHITE, DetectParams(classes=frozenset({2})))
         assert as_tuples(filtered.detections) == [EXPECTED[2]]
+        # The detect API's path: prepared in its own thread, then detected.
+        prepared = detector.prepare(WHITE)
+        assert prepared.preprocess_ms > 0
+        again = await detector.detect_prepared(prepared)
+        assert as_tuples(again.detections) == EXPECTED and again.timings.preprocess == prepared.preprocess_ms
     finally:
         await detector.close()
     assert not detector.ready
