@@ -89,7 +89,7 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for both engines (0: all cores)")
     p.add_argument("--requests", type=int, default=240, help="/detect requests per level and round")
-    p.add_argument("--rounds", type=int, default=5, help="rounds over the /detect levels (median reported)")
+    p.add_argument("--rounds", type=int, default=9, help="rounds over the /detect levels (median reported)")
     p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
 
     p = sub.add_parser("tensorrt", help="model.onnx -> model.engine with TensorRT (needs an NVIDIA GPU)")
