@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from detect_api.app import create_app
 from detect_api.settings import Settings
+from inference.errors import RtdetectError
+from inference.spec import ModelSpec
 
 log = logging.getLogger("rtdetect.detect_api")
 
@@ -21,6 +23,12 @@ def main() -> int:
         print(f"invalid RTDETECT_* settings:\n{e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        # The commonest start-up failure (model not fetched yet) as one line, not the lifespan's traceback.
+        ModelSpec.load(settings.model_dir)
+    except RtdetectError as e:
+        log.error("cannot start: %s", e)
+        return 1
     log.info(
         "detect API on %s:%d: model %s, backend %s%s",
         settings.host,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ from pydantic import ValidationError
 
 from detect_api.settings import Settings
 from inference.paths import default_model_dir
+from tests.web_servers import ROOT
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,3 +78,25 @@ def test_invalid_settings_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict
         monkeypatch.setenv(key, val)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("module", "variable"),
+    [("detect_api", "RTDETECT_MODEL_DIR"), ("media_server", "RTDETECT_MEDIA_MODEL_DIR")],
+)
+def test_a_server_without_its_model_exits_with_one_clear_line(
+    module: str, variable: str, tmp_path: Path
+) -> None:
+    # Never fetched: the server says what to run and exits 1 before it listens, no traceback.
+    env = {
+        **os.environ,
+        variable: str(tmp_path / "not-fetched"),
+        "RTDETECT_PORT": "1",
+        "RTDETECT_MEDIA_PORT": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 1, done.stderr
+    assert "cannot start: no model spec at" in done.stderr and "engine_build fetch" in done.stderr
+    assert "Traceback" not in done.stderr
