@@ -94,6 +94,8 @@ def export_onnx(model: nn.Module, names: list[str], spec: ModelSpec, path: Path,
     # the dynamo exporter would add onnxscript to the build dependencies for no gain here.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript")
+        # Slices with a step other than 1 stay unfolded: harmless (parity is checked below), but loud.
+        warnings.filterwarnings("ignore", category=UserWarning, message="Constant folding - Only steps=1")
         torch.onnx.export(
             model, (example,), str(path), dynamo=False, opset_version=opset,
             input_names=[spec.input_name], output_names=names, dynamic_axes=dynamic, do_constant_folding=True,
