@@ -9,6 +9,7 @@ cannot) and starts the GPU sampler. Nothing lives in module globals, so tests bu
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -211,7 +212,8 @@ def _on_detector(state: ApiState, detector: Detector) -> None:
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in {
-        400: "Not a decodable image (empty, corrupt or truncated), or a malformed upload.",
+        400: "Not a decodable image (empty, corrupt or truncated), a malformed upload, or a class id that is "
+        "not ASCII digits.",
         413: "Upload over the size limit, or an image declaring more pixels than allowed.",
         415: "An image of a type other than JPEG, PNG, WebP or BMP.",
         422: "Missing file field or out-of-range parameters, or an unknown class.",
@@ -331,6 +333,9 @@ def _decode_and_prepare(
     return image, detector.prepare(image), decode_ms
 
 
+_ASCII_ID = re.compile(r"[0-9]+")
+
+
 def _parse_classes(text: str, class_ids: dict[str, int]) -> frozenset[int]:
     """`person, car` or `0,2` (mixed is fine) -> class ids; an unknown entry is a 422 listing the valid ones."""
     wanted: set[int] = set()
@@ -339,10 +344,13 @@ def _parse_classes(text: str, class_ids: dict[str, int]) -> frozenset[int]:
         item = raw.strip()
         if not item:
             continue
-        if item.isdigit() and int(item) < len(class_ids):
+        # ASCII digits only: str.isdigit() also takes '²' (int() then raises) and '٣' (int() reads 3).
+        if _ASCII_ID.fullmatch(item) and int(item) < len(class_ids):
             wanted.add(int(item))
         elif item.lower() in class_ids:
             wanted.add(class_ids[item.lower()])
+        elif item.isnumeric() and not _ASCII_ID.fullmatch(item):
+            raise ApiError(400, "invalid_class_id", f"class ids are ASCII digits 0-9, got {item!r}")
         else:
             unknown.append(item)
     if unknown or not wanted:
