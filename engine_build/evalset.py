@@ -74,8 +74,8 @@ def _matplotlib_photos() -> list[Photo]:
         return []  # optional: not a pinned dependency
     photos = []
     for name in MATPLOTLIB_SAMPLES:
-        with cbook.get_sample_data(name, asfileobj=False) as path:  # type: ignore[attr-defined]
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        path = cbook.get_sample_data(name, asfileobj=False)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is not None:
             photos.append(Photo(f"matplotlib/{name}", image))
     return photos
