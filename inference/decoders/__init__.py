@@ -1,10 +1,12 @@
 """Model-family post-processing: raw engine outputs -> typed detections in source-image pixels.
 
 Engines only move tensors; everything that depends on how a model family lays out its outputs lives here.
+Decoders are registered by name like the engine backends and imported only when a spec asks for them.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -28,17 +30,28 @@ class Decoder(Protocol):
         ...
 
 
-def create_decoder(spec: ModelSpec) -> Decoder:
-    """The decoder for spec.decoder.type."""
-    # Imported here because the family modules import helpers from this package.
-    from inference.decoders.nanodet import NanoDetDecoder
-    from inference.decoders.yolov8 import YoloV8Decoder
+# spec.decoder.type -> "module:Class". Each class takes the ModelSpec; each name has its DecoderSpec in
+# inference.spec (the discriminated union), which says the decoder's outputs and options.
+DECODERS: dict[str, str] = {
+    "nanodet": "inference.decoders.nanodet:NanoDetDecoder",
+    "yolov8": "inference.decoders.yolov8:YoloV8Decoder",
+    "yolov5": "inference.decoders.yolov5:YoloV5Decoder",
+    "yolox": "inference.decoders.yolox:YoloXDecoder",
+    "end2end": "inference.decoders.end2end:EndToEndDecoder",
+    "detr": "inference.decoders.detr:DetrDecoder",
+    "torchvision": "inference.decoders.torchvision:TorchvisionDecoder",
+}
 
-    if spec.decoder.type == "nanodet":
-        return NanoDetDecoder(spec)
-    if spec.decoder.type == "yolov8":
-        return YoloV8Decoder(spec)
-    raise ValueError(f"no decoder for type {spec.decoder.type!r}")  # pragma: no cover - spec validates
+
+def create_decoder(spec: ModelSpec) -> Decoder:
+    """The decoder registered for spec.decoder.type."""
+    try:
+        target = DECODERS[spec.decoder.type]
+    except KeyError as e:  # pragma: no cover - the spec's union only admits registered types
+        raise ValueError(f"no decoder for type {spec.decoder.type!r}; have {sorted(DECODERS)}") from e
+    module_name, _, class_name = target.partition(":")
+    decoder: Decoder = getattr(importlib.import_module(module_name), class_name)(spec)
+    return decoder
 
 
 def get_output(outputs: dict[str, np.ndarray], name: str, batch: int) -> np.ndarray:
@@ -83,6 +96,16 @@ def top_candidates(scores: np.ndarray, threshold: float, limit: int = PRE_NMS_TO
     return cand
 
 
+def cxcywh_to_xyxy(cx: np.ndarray, cy: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """[K] each -> [K, 4] x1, y1, x2, y2 (float32)."""
+    cx, cy, w, h = (np.asarray(v, dtype=np.float32) for v in (cx, cy, w, h))
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float32)))
+
+
 def finalize(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -90,12 +113,21 @@ def finalize(
     transform: Transform,
     params: DetectParams,
     class_names: Sequence[str],
+    *,
+    nms: bool = True,
 ) -> tuple[Detection, ...]:
-    """Candidate boxes in input pixels -> source pixels -> class-aware NMS -> typed detections."""
+    """Candidate boxes in input pixels -> source pixels -> class-aware NMS -> typed detections.
+
+    `nms=False` for heads that already give one box per object (end-to-end, DETR, torchvision): the
+    candidates are only ordered by score and cut at params.max_detections.
+    """
     if boxes.shape[0] == 0:
         return ()
     src = transform.to_source(boxes)
-    keep = batched_nms(src, scores, class_ids, params.iou_threshold)[: params.max_detections]
+    if nms:
+        keep = batched_nms(src, scores, class_ids, params.iou_threshold)[: params.max_detections]
+    else:
+        keep = np.argsort(-scores, kind="stable")[: params.max_detections]
     return tuple(
         Detection(
             class_id=int(class_ids[i]),

@@ -6,6 +6,7 @@ torch is imported only in load(): serving never needs it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import threading
 from collections.abc import Sequence
@@ -16,17 +17,11 @@ import numpy as np
 
 from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
 from inference.preprocess import input_shape
-from inference.spec import ModelSpec, NanoDetDecoderSpec
+from inference.spec import ModelSpec
 
 log = logging.getLogger("rtdetect.inference")
 
 MAX_BATCH = 64
-
-
-def _default_output_names(spec: ModelSpec) -> list[str]:
-    if isinstance(spec.decoder, NanoDetDecoderSpec):
-        return [*spec.decoder.cls_outputs, *spec.decoder.reg_outputs]
-    return [spec.decoder.output]
 
 
 def import_factory(target: str) -> Any:
@@ -44,10 +39,19 @@ class TorchEngine:
     backend = "torch"
 
     def __init__(
-        self, model_dir: Path, spec: ModelSpec, *, device: str = "cpu", threads: int | None = None
+        self,
+        model_dir: Path,
+        spec: ModelSpec,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision != "fp32":
+            raise BackendUnavailableError(f"the torch backend runs fp32 only, not {precision}")
         self.model_dir = Path(model_dir)
         self.spec = spec
+        self.precision = precision
         self.device = device
         self.threads = threads
         self.provider = "not loaded"
@@ -59,6 +63,13 @@ class TorchEngine:
         self._device: Any = None
         self._output_names: list[str] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def supported_precisions(cls, model_dir: Path, spec: ModelSpec, options: object) -> tuple[str, ...]:
+        """fp32: the reference the other engines are compared with."""
+        if importlib.util.find_spec("torch") is None:
+            raise BackendUnavailableError("torch is not installed")
+        return ("fp32",)
 
     def load(self) -> None:
         try:
@@ -100,12 +111,17 @@ class TorchEngine:
             raise
         except Exception as e:  # factories and unpickling raise anything; all mean "cannot load"
             raise ModelLoadError(f"cannot build {source.factory} with {weights}: {e}") from e
+        # The decoder spec names the outputs unless the model does (output_names on the module).
+        names = getattr(model, "output_names", None)
+        self._output_names = list(names) if names else list(self.spec.decoder.output_names)
+        if self.spec.input_format != "float":
+            from inference.engines.torch_uint8 import Uint8Input
+
+            model = Uint8Input(model, self.spec)  # the same uint8 input as the exported graph
         self._model = model.to(device).eval()
         self._torch = torch
         self._device = device
         self.on_gpu = device.type == "cuda"
-        names = getattr(model, "output_names", None)
-        self._output_names = list(names) if names else _default_output_names(self.spec)
         self.provider = f"torch {torch.__version__} on {device}"
         log.info("torch engine built %s from %s on %s", source.factory, weights, device)
 
@@ -123,7 +139,7 @@ class TorchEngine:
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         shape = input_shape(self.spec)
         for n in batch_sizes:
-            self.infer(np.zeros((min(n, self.max_batch_size), *shape), dtype=np.float32))
+            self.infer(np.zeros((min(n, self.max_batch_size), *shape), dtype=self.spec.input_dtype))
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._model is None:
@@ -132,7 +148,9 @@ class TorchEngine:
         try:
             # One call at a time: modules are not guaranteed re-entrant and threads would only contend.
             with self._lock, torch.inference_mode():
-                x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+                x = torch.from_numpy(np.ascontiguousarray(batch, dtype=self.spec.input_dtype)).to(
+                    self._device
+                )
                 outs = self._model(x)
                 return self._to_numpy(outs)
         except InferenceError:
@@ -143,13 +161,18 @@ class TorchEngine:
     def _to_numpy(self, outs: Any) -> dict[str, np.ndarray]:
         torch = self._torch
         if isinstance(outs, dict):
-            return {str(k): v.detach().float().cpu().numpy() for k, v in outs.items()}
+            return {str(k): self._array(v) for k, v in outs.items()}
         if isinstance(outs, torch.Tensor):
             outs = (outs,)
         if not isinstance(outs, Sequence) or len(outs) != len(self._output_names):
             got = len(outs) if isinstance(outs, Sequence) else type(outs).__name__
             raise InferenceError(f"model returned {got} outputs, expected {self._output_names}")
-        return {n: o.detach().float().cpu().numpy() for n, o in zip(self._output_names, outs, strict=True)}
+        return {n: self._array(o) for n, o in zip(self._output_names, outs, strict=True)}
+
+    def _array(self, t: Any) -> np.ndarray:
+        """float32 for any float tensor (fp16/bf16 included); integer outputs (labels) keep their type."""
+        t = t.detach()
+        return (t.float() if t.is_floating_point() else t).cpu().numpy()
 
     def close(self) -> None:
         self._model = None
