@@ -15,6 +15,8 @@ from inference.spec import ModelSpec
 
 log = logging.getLogger("rtdetect.inference")
 
+# ONNX Runtime's input type strings -> numpy: a uint8-input model (normalisation in its graph) takes uint8.
+_INPUT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(uint8)": np.dtype(np.uint8)}
 # Largest batch offered when the model's batch axis is dynamic; the batcher's own limit is usually lower.
 DYNAMIC_MAX_BATCH = 64
 MAX_CONCURRENT_RUNS = 64
@@ -51,6 +53,7 @@ class OnnxRuntimeEngine:
         self.on_gpu = False
         self._session: Any = None
         self._input_name = spec.input_name
+        self._input_dtype = np.dtype(spec.input_dtype)  # the session's own, once loaded
         self._output_names: list[str] = []
 
     def load(self) -> None:
@@ -82,6 +85,14 @@ class OnnxRuntimeEngine:
             raise ModelLoadError(
                 f"{self.model_path} has no input {self._input_name!r} (inputs: {sorted(inputs)})"
             )
+        input_type = inputs[self._input_name].type
+        dtype = _INPUT_TYPES.get(input_type)
+        if dtype != np.dtype(self.spec.input_dtype):
+            raise ModelLoadError(
+                f"{self.model_path} takes {input_type} but model.json says input_format "
+                f"{self.spec.input_format!r} ({self.spec.input_dtype}): export it again with the spec it serves"
+            )
+        self._input_dtype = dtype
         batch_dim = inputs[self._input_name].shape[0]
         # A symbolic (str) or unknown (None) leading dimension means any batch size.
         self.max_batch_size = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else DYNAMIC_MAX_BATCH
@@ -126,14 +137,14 @@ class OnnxRuntimeEngine:
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         shape = input_shape(self.spec)
         for n in batch_sizes:
-            self.infer(np.zeros((min(n, self.max_batch_size), *shape), dtype=np.float32))
+            self.infer(np.zeros((min(n, self.max_batch_size), *shape), dtype=self._input_dtype))
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._session is None:
             raise InferenceError("the onnxruntime engine is not loaded")
         if batch.shape[0] > self.max_batch_size:
             raise InferenceError(f"batch of {batch.shape[0]} exceeds the engine's max {self.max_batch_size}")
-        feed = {self._input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        feed = {self._input_name: np.ascontiguousarray(batch, dtype=self._input_dtype)}
         try:
             results = self._session.run(self._output_names, feed)
         except Exception as e:  # onnxruntime's errors derive straight from Exception

@@ -175,6 +175,13 @@ class TensorRTEngine:
         expected = input_shape(self.spec)
         if -1 not in shape[1:] and tuple(shape[1:]) != expected:
             raise ModelLoadError(f"engine input shape {shape} does not fit the spec's {expected}")
+        # The engine's input type follows its ONNX (float32, or uint8 with the normalisation in the graph).
+        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+        if dtype != np.dtype(self.spec.input_dtype):
+            raise ModelLoadError(
+                f"engine input {name} is {dtype} but model.json says input_format {self.spec.input_format!r}: "
+                "rebuild it from the model.onnx this spec describes"
+            )
 
         context = engine.create_execution_context()
         if context is None:
@@ -210,7 +217,7 @@ class TensorRTEngine:
         shape = input_shape(self.spec)
         for n in batch_sizes:
             n = min(max(n, self.min_batch_size), self.max_batch_size)
-            self.infer(np.zeros((n, *shape), dtype=np.float32))
+            self.infer(np.zeros((n, *shape), dtype=self.spec.input_dtype))
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._context is None or self._input is None or self._cuda is None:
