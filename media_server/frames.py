@@ -67,10 +67,14 @@ def i420_array(frame: VideoFrame) -> np.ndarray:
         raise ValueError(f"not a normalized I420 frame: {frame.format.name} {frame.width}x{frame.height}")
     w, h = frame.width, frame.height
     out = np.empty((h * 3 // 2, w), np.uint8)
+    # The chroma planes are (h/2, w/2) each, packed back to back after Y: slice them by flat offset, not by
+    # rows of the (H * 3 / 2, W) view, since h/2 is odd whenever h is not a multiple of 4 (270, 478).
+    flat = out.reshape(-1)
+    luma, chroma = h * w, (h // 2) * (w // 2)
     targets = (
         out[:h],
-        out[h : h + h // 4].reshape(h // 2, w // 2),
-        out[h + h // 4 :].reshape(h // 2, w // 2),
+        flat[luma : luma + chroma].reshape(h // 2, w // 2),
+        flat[luma + chroma :].reshape(h // 2, w // 2),
     )
     for plane, target in zip(frame.planes, targets, strict=True):
         rows, cols = target.shape

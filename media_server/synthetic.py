@@ -101,8 +101,10 @@ class NumberedTrack(MediaStreamTrack):
         )
         sh = strip_height(height)
         # Neutral chroma under the strip, so it is pure grey levels.
-        u_rows = self._base[height : height + height // 4].reshape(height // 2, width // 2)
-        v_rows = self._base[height + height // 4 :].reshape(height // 2, width // 2)
+        # Chroma planes by flat offset: h/2 rows of w/2 each need not fill whole rows of the (H * 3 / 2, W) view.
+        chroma = self._base.reshape(-1)[width * height :]
+        u_rows = chroma[: chroma.size // 2].reshape(height // 2, width // 2)
+        v_rows = chroma[chroma.size // 2 :].reshape(height // 2, width // 2)
         u_rows[(height - sh) // 2 :] = _NEUTRAL
         v_rows[(height - sh) // 2 :] = _NEUTRAL
         self.sent = 0
