@@ -1,0 +1,1 @@
+"""Operator tools that no server imports: reliability proofs (peer churn, soak)."""
