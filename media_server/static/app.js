@@ -56,7 +56,8 @@
   }
 
   async function loadConfig() {
-    const response = await fetch("/config");
+    // Relative URLs (no leading /): the page also runs under a path prefix behind the HTTPS front (/live/).
+    const response = await fetch("config");
     if (!response.ok) throw new Error(`GET /config: ${response.status}`);
     config = await response.json();
     ui.threshold.value = config.scoreThreshold;
@@ -301,7 +302,7 @@
 
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIceGathering(pc);
-      const response = await fetch("/offer", {
+      const response = await fetch("offer", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
