@@ -24,6 +24,7 @@ import numpy as np
 
 from inference.errors import InferenceError, OverloadedError
 from inference.observer import InferenceObserver, NullObserver
+from inference.ratelog import RateLimitedLog
 
 log = logging.getLogger("rtdetect.inference")
 
@@ -46,6 +47,7 @@ class MicroBatcher:
         max_queue: int = 256,
         workers: int = 1,
         observer: InferenceObserver | None = None,
+        failure_log_interval_s: float = 10.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -56,6 +58,8 @@ class MicroBatcher:
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self._infer = infer
+        # A failing engine fails every batch (several a second per peer): one line per kind per interval.
+        self._failure_log = RateLimitedLog(log, failure_log_interval_s)
         self.max_batch_size = max_batch_size
         self.max_delay_ms = max_delay_ms
         self.max_queue = max_queue
@@ -189,7 +193,7 @@ class MicroBatcher:
             seconds = time.perf_counter() - start
             rows = _split(outputs, n)
         except Exception as e:  # any failure belongs to this batch's callers, never to the worker
-            log.warning("inference failed for a batch of %d: %s", n, e)
+            self._failure_log.warning(type(e).__name__, "inference failed for a batch of %d: %s", n, e)
             for request in batch:
                 error = InferenceError(f"inference failed for a batch of {n}: {e}")
                 error.__cause__ = e

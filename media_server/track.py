@@ -25,6 +25,7 @@ from av import VideoFrame
 
 from inference.draw import draw_detections
 from inference.errors import InferenceError, OverloadedError
+from inference.ratelog import RateLimitedLog
 from inference.types import DetectionResult, DetectParams
 from media_server.detector import DetectorLike
 from media_server.frames import FrameConverter, FrameSource, normalize, to_bgr
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 OUTPUT_BUFFER_FRAMES = 8
 # After an engine failure, wait before the next attempt: a broken engine must not spin the event loop.
 FAILURE_BACKOFF_S = 0.2
+# A failing engine fails every frame of every peer: one line per kind of failure per interval, server-wide.
+_failure_log = RateLimitedLog(logger, interval_s=10.0)
 
 ResultCallback = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
@@ -189,9 +192,9 @@ class _MediaBase:
         kind = "overloaded" if isinstance(error, OverloadedError) else "inference"
         self.inference_failures += 1
         self.metrics.inference_failures.labels(error=kind).inc()
-        # The first failure is worth a log line; a stream of them would drown everything else.
-        if self.inference_failures == 1 or self.inference_failures % 100 == 0:
-            logger.warning("live detection failed (%d so far): %s", self.inference_failures, error)
+        _failure_log.warning(
+            kind, "live detection failed (%d so far on this peer): %s", self.inference_failures, error
+        )
 
 
 class LivePipeline(_MediaBase):
