@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.decoders import DECODERS
 from inference.errors import RtdetectError
 from inference.paths import default_model_dir
 from inference.spec import COCO_CLASSES
@@ -68,6 +69,11 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, default=settings.model_dir)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument(
+        "--input-format", choices=["float", "uint8-nhwc", "uint8-nchw"], default=None,
+        help="the ONNX input: float (normalised by the server) or uint8 BGR pixels with the cast, channel "
+        "order, mean/std and transpose in the graph (recorded in model.json; default: as model.json says)",
+    )  # fmt: skip
     g = p.add_argument_group("your own model (omit to export the model already in --model-dir)")
     g.add_argument("--factory", help="importable 'package.module:callable' returning an nn.Module")
     g.add_argument("--factory-kwarg", type=_kwarg, action="append", default=[], metavar="KEY=VALUE")
@@ -75,7 +81,13 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     g.add_argument("--spec", type=Path, help="a full model.json to start from (fields below override it)")
     g.add_argument("--name")
     g.add_argument("--input-size", type=_size, metavar="WxH")
-    g.add_argument("--decoder", choices=["yolov8", "nanodet"], default=None)
+    g.add_argument(
+        "--decoder", choices=sorted(DECODERS), default=None, help="the output layout (model family)"
+    )
+    g.add_argument(
+        "--decoder-option", type=_kwarg, action="append", default=[], metavar="KEY=VALUE",
+        help="a field of the decoder's spec, e.g. output=output0, boxes=decoded, logits_output=labels",
+    )  # fmt: skip
     g.add_argument("--classes", type=_classes, help="'coco' or a text file with one class name a line")
     g.add_argument("--color", choices=["RGB", "BGR"])
     g.add_argument("--mean", type=_triple, help="per channel, 0..255 units, e.g. 0,0,0")
@@ -107,10 +119,15 @@ def _user_spec_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["name"] = args.name
     if args.input_size:
         fields["input_width"], fields["input_height"] = args.input_size
-    if args.decoder == "yolov8" or ("decoder" not in fields and args.decoder is None):
-        fields["decoder"] = {"type": "yolov8", "output": "output0"}
-    elif args.decoder == "nanodet" and "decoder" not in fields:
+    decoder: dict[str, Any] = dict(fields.get("decoder") or {"type": "yolov8"})
+    if args.decoder is not None and args.decoder != decoder.get("type"):
+        decoder = {"type": args.decoder}  # another family: none of the old one's fields apply
+    decoder.update(dict(args.decoder_option))
+    if decoder["type"] == "nanodet" and "cls_outputs" not in decoder:
         raise SystemExit("--decoder nanodet needs --spec with the decoder's output names")
+    fields["decoder"] = decoder
+    if args.input_format is not None:
+        fields["input_format"] = args.input_format
     for key in ("classes", "color", "mean", "std", "resize"):
         value = getattr(args, key)
         if value is not None:
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     factory=args.factory, weights=args.weights, model_dir=args.model_dir,
                     spec_fields=_user_spec_fields(args), factory_kwargs=dict(args.factory_kwarg),
                 )  # fmt: skip
-            export(args.model_dir, opset=args.opset, tolerance=args.tolerance)
+            export(args.model_dir, opset=args.opset, tolerance=args.tolerance, input_format=args.input_format)
         elif args.command == "bench":
             from engine_build.bench import run_bench
 

@@ -2,7 +2,9 @@
 
 The same path serves the built-in NanoDet-g and a user's own network (an importable factory returning an
 `nn.Module` plus a state dict): whatever produces the .pth, the ONNX that comes out is checked against
-PyTorch on real photos before anything serves it.
+PyTorch on real photos before anything serves it. With a uint8 input_format the exported graph starts with
+the normalisation (inference/engines/torch_uint8.py), and is also checked against the float model fed by the
+float pre-processing, i.e. against what serving did before.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from torch import nn
 
 from inference.engines.torch import TorchEngine, import_factory
 from inference.preprocess import preprocess
-from inference.spec import ModelSpec, TorchSource
+from inference.spec import InputFormat, ModelSpec, TorchSource
 
 log = logging.getLogger("rtdetect.engine_build")
 
@@ -64,9 +66,18 @@ def parity_images() -> dict[str, np.ndarray]:
 
 
 def check_parity(
-    torch_engine: TorchEngine, onnx_path: Path, spec: ModelSpec, images: dict[str, np.ndarray]
+    torch_engine: TorchEngine,
+    onnx_path: Path,
+    spec: ModelSpec,
+    images: dict[str, np.ndarray],
+    *,
+    torch_spec: ModelSpec | None = None,
 ) -> list[ParityRow]:
-    """Compare PyTorch and ONNX Runtime (CPU) on each photo alone and on all of them as one batch."""
+    """Compare PyTorch and ONNX Runtime (CPU) on each photo alone and on all of them as one batch.
+
+    `torch_spec`, when given, pre-processes PyTorch's input by another spec than the ONNX model's (the float
+    model against a uint8-input export of it).
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -74,7 +85,7 @@ def check_parity(
     cases = [(name, [img]) for name, img in images.items()] + [("all", list(images.values()))]
     for label, imgs in cases:
         batch, _ = preprocess(imgs, spec)
-        expected = torch_engine.infer(batch)
+        expected = torch_engine.infer(preprocess(imgs, torch_spec)[0] if torch_spec else batch)
         names = list(expected)
         got = dict(zip(names, session.run(names, {spec.input_name: batch}), strict=True))
         for name in names:
@@ -86,8 +97,9 @@ def check_parity(
 
 
 def export_onnx(model: nn.Module, names: list[str], spec: ModelSpec, path: Path, opset: int = OPSET) -> None:
-    example = torch.zeros(1, 3, spec.input_height, spec.input_width)
-    if spec.layout == "NHWC":
+    dtype = torch.uint8 if spec.input_dtype == "uint8" else torch.float32
+    example = torch.zeros(1, 3, spec.input_height, spec.input_width, dtype=dtype)
+    if spec.input_layout == "NHWC":
         example = example.permute(0, 2, 3, 1).contiguous()
     dynamic = {spec.input_name: {0: "batch"}, **{n: {0: "batch"} for n in names}}
     # The TorchScript exporter needs no extra packages and handles our interpreter modules well;
@@ -103,25 +115,47 @@ def export_onnx(model: nn.Module, names: list[str], spec: ModelSpec, path: Path,
     onnx.checker.check_model(str(path), full_check=True)
 
 
-def export(model_dir: Path, *, opset: int = OPSET, tolerance: float = PARITY_TOLERANCE) -> list[ParityRow]:
-    """Export `model_dir`'s PyTorch model (per its model.json) to model.onnx and check parity."""
+def export(
+    model_dir: Path,
+    *,
+    opset: int = OPSET,
+    tolerance: float = PARITY_TOLERANCE,
+    input_format: InputFormat | None = None,
+) -> list[ParityRow]:
+    """Export `model_dir`'s PyTorch model (per its model.json) to model.onnx and check parity.
+
+    `input_format` overrides model.json's; the spec is rewritten with it only once the model passed.
+    """
     spec = ModelSpec.load(model_dir)
+    if input_format is not None and input_format != spec.input_format:
+        spec = ModelSpec.model_validate({**spec.model_dump(), "input_format": input_format})
     if spec.torch_source is None:
         raise ExportError(f"{model_dir / 'model.json'} names no torch_source (factory + .pth) to export")
     torch_engine = load_torch_engine(model_dir, spec)
     onnx_path = model_dir / spec.onnx_file
     tmp = onnx_path.with_suffix(".onnx.tmp")
     start = time.perf_counter()
-    log.info("exporting %s to ONNX (opset %d, dynamic batch)", spec.name, opset)
+    log.info("exporting %s to ONNX (opset %d, dynamic batch, %s input)", spec.name, opset, spec.input_format)
     export_onnx(torch_engine.model, torch_engine.output_names, spec, tmp, opset)
     log.info("exported and checked with onnx.checker in %.1f s", time.perf_counter() - start)
     log.info("checking parity PyTorch vs ONNX Runtime on real photos (tolerance %g)", tolerance)
-    rows = check_parity(torch_engine, tmp, spec, parity_images())
-    worst = max(r.max_abs_diff for r in rows)
+    images = parity_images()
+    rows = check_parity(torch_engine, tmp, spec, images)
     print(format_parity(rows))
+    if spec.input_format != "float":
+        # The uint8 graph against the float model as served before: the normalisation moved, nothing else.
+        float_spec = ModelSpec.model_validate({**spec.model_dump(), "input_format": "float"})
+        float_rows = check_parity(
+            load_torch_engine(model_dir, float_spec), tmp, spec, images, torch_spec=float_spec
+        )
+        print(f"{spec.input_format} ONNX against the float PyTorch model:")
+        print(format_parity(float_rows))
+        rows += float_rows
+    worst = max(r.max_abs_diff for r in rows)
     if worst > tolerance:
         raise ExportError(f"ONNX output differs from PyTorch by {worst:.3g} > {tolerance:g}; not installed")
     tmp.replace(onnx_path)  # only a model that passed parity replaces the served one
+    spec.save(model_dir)  # input_format as exported: the spec always describes the installed model
     log.info("parity ok (max abs diff %.2e) -> %s", worst, onnx_path)
     return rows
 
