@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -81,6 +82,48 @@ def classify(exc: RtdetectError) -> tuple[int, str]:
         if isinstance(exc, cls):
             return status, code
     raise AssertionError("RtdetectError is the last entry")  # pragma: no cover
+
+
+# The same errors as gRPC status codes (detect_api/grpc_service.py): by our error code where the HTTP status
+# is shared by different stories (503: a full queue is RESOURCE_EXHAUSTED, loading is UNAVAILABLE), else by
+# the HTTP status.
+_GRPC_BY_CODE = {"overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED}
+_GRPC_BY_HTTP = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def grpc_status(exc: Exception, *, ready: bool) -> tuple[grpc.StatusCode, str, str]:
+    """(gRPC status code, our error code, detail) for an error a gRPC call raised: the HTTP mapping above,
+    carried over. Anything unexpected is INTERNAL with a generic detail (internals stay in the log)."""
+    if isinstance(exc, ApiError):
+        status, code, detail = exc.status_code, exc.code, str(exc.detail)
+    elif isinstance(exc, StarletteHTTPException):
+        status, code, detail = (
+            exc.status_code,
+            _HTTP_CODES.get(exc.status_code, "http_error"),
+            str(exc.detail),
+        )
+    elif isinstance(exc, RtdetectError):
+        status, code = classify(exc)
+        detail = str(exc)
+        if isinstance(exc, InferenceError) and not ready:
+            status, code = 503, "not_ready"  # the detector stopped under the call (shutdown), as in HTTP
+    else:
+        status, code, detail = 500, "internal_error", "unexpected server error; see the server log"
+    grpc_code = _GRPC_BY_CODE.get(code) or _GRPC_BY_HTTP.get(status, grpc.StatusCode.UNKNOWN)
+    return grpc_code, code, detail
 
 
 def install_error_handlers(app: FastAPI, *, retry_after_s: int, is_ready: Callable[[], bool]) -> None:

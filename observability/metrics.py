@@ -40,6 +40,7 @@ __all__ = [
     "FPS_WINDOW_S",
     "HTTP_LATENCY_BUCKETS",
     "LATENCY_BUCKETS",
+    "GrpcMetrics",
     "InferenceMetrics",
     "PrometheusObserver",
     "RateWindow",
@@ -173,3 +174,43 @@ class PrometheusObserver:
 
     def on_queue_depth(self, depth: int) -> None:
         self.metrics.record_queue_depth(depth)
+
+
+class GrpcMetrics:
+    """The detect API's gRPC metrics, on the same registry (and /metrics) as its HTTP ones.
+
+    Named after go-grpc-prometheus's server metrics, which dashboards and alerts often expect. `grpc_method`
+    takes only the server's own method names (unknown ones are refused before they are counted) and
+    `grpc_code` only the status code names: both bounded.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "gRPC calls completed, by method and status code.",
+            ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
+            registry=registry,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Duration of unary gRPC calls until the response or error, in seconds.",
+            ["grpc_service", "grpc_method", "grpc_type"],
+            buckets=HTTP_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stream_frames = Counter(
+            "grpc_stream_frames_received_total",
+            "Frames received on DetectStream calls.",
+            registry=registry,
+        )
+        self.stream_dropped = Counter(
+            "grpc_stream_frames_dropped_total",
+            "DetectStream frames replaced by a newer frame (latest frame wins) or refused by a full queue.",
+            registry=registry,
+        )
+        self.stream_latency = Histogram(
+            "grpc_stream_result_latency_seconds",
+            "DetectStream: from a frame's arrival to its result being sent, in seconds.",
+            buckets=HTTP_LATENCY_BUCKETS,
+            registry=registry,
+        )

@@ -11,6 +11,10 @@ import pytest
 from inference.paths import default_model_dir
 from inference.spec import SPEC_FILENAME
 
+# Tests never listen on a fixed port: the detect API's gRPC port (default 50051) is off in every app and
+# server a test starts, unless the test sets RTDETECT_GRPC_PORT / grpc_port to a free port itself.
+os.environ.setdefault("RTDETECT_GRPC_PORT", "0")
+
 
 @pytest.fixture(scope="session")
 def model_dir() -> Path:

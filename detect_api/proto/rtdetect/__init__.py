@@ -1,0 +1,1 @@
+"""The proto package rtdetect (see v1/detect.proto)."""

@@ -1,0 +1,1 @@
+"""Generated from rtdetect/v1/detect.proto: do not edit (scripts/generate_proto.py)."""
