@@ -9,6 +9,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from detect_api.app import create_app
+from detect_api.limits import uvicorn_options
 from detect_api.settings import Settings
 from inference.errors import RtdetectError
 from inference.spec import ModelSpec
@@ -44,6 +45,7 @@ def main() -> int:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level.lower(),
+        **uvicorn_options(settings),  # keep-alive, header deadline, connection cap (detect_api/limits.py)
     )
     return 0
 

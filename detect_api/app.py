@@ -30,6 +30,7 @@ from detect_api.errors import (
     ErrorBody,
     install_error_handlers,
 )
+from detect_api.limits import install_guards
 from detect_api.settings import Settings
 from inference.draw import draw_detections
 from inference.engines import create_engine
@@ -157,6 +158,7 @@ def create_app(settings: Settings, *, detector: Detector | None = None) -> FastA
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     )
+    install_guards(app, settings)  # API keys, rate limit, body deadline: before anything reads the body
     Instrumentator(
         should_group_status_codes=False,  # 413 and 415 tell different stories; the set of codes is small
         should_group_untemplated=True,  # unknown paths count as handler "none": bounded cardinality

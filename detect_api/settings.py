@@ -6,13 +6,14 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from inference.apikeys import ApiKeySettings
 from inference.settings import ServingSettings
 from inference.types import DetectParams
 
 _DEFAULTS = DetectParams()
 
 
-class Settings(ServingSettings):
+class Settings(ServingSettings, ApiKeySettings):
     model_config = SettingsConfigDict(env_prefix="RTDETECT_", extra="ignore", frozen=True)
 
     retry_after_s: int = Field(default=1, ge=1)  # Retry-After on 503 when the queue is full
@@ -31,6 +32,22 @@ class Settings(ServingSettings):
     default_max_detections: int = Field(default=_DEFAULTS.max_detections, ge=1)
     max_detections: int = Field(default=300, ge=1)  # the most a request may ask for
     jpeg_quality: int = Field(default=90, ge=1, le=100)  # annotated replies
+
+    # Authentication (inference/apikeys.py): auth, api_key_hashes, api_keys_file, metrics_auth, from the
+    # mix-in. Requests per second per key (per client address when auth is off) on POST /detect, with bursts
+    # of rate_limit_burst; 0 turns the limit off. Over it: 429 with Retry-After.
+    rate_limit_per_s: float = Field(default=0.0, ge=0.0)
+    rate_limit_burst: int = Field(default=20, ge=1)
+
+    # Slow and idle clients (detect_api/limits.py). A request's headers must arrive within header_timeout_s
+    # of its first byte (of the connection, for the first request), and its body within body_timeout_s of
+    # its headers: a client trickling bytes cannot hold a connection. Idle keep-alive connections close
+    # after keep_alive_timeout_s. Connections over max_connections get a 503 at once.
+    header_timeout_s: float = Field(default=10.0, gt=0.0)
+    body_timeout_s: float = Field(default=60.0, gt=0.0)
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0.0)
+    max_connections: int = Field(default=512, ge=1)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # request line and headers together
 
     # Serving. Docker sets RTDETECT_HOST=0.0.0.0; a developer's machine only listens locally by default.
     host: str = "127.0.0.1"
