@@ -31,12 +31,12 @@ def main() -> int:
         log.error("cannot start: %s", e)
         return 1
     log.info(
-        "detect API on %s:%d: model %s, backend %s%s",
+        "detect API on %s:%d: model %s, backend %s, precision %s",
         settings.host,
         settings.port,
         settings.model_dir,
         settings.backend,
-        f", providers {settings.providers}" if settings.providers else "",
+        settings.precision,
     )
     # log_config=None: uvicorn's loggers go through the root handler above, one format for every line.
     uvicorn.run(

@@ -33,9 +33,8 @@ from detect_api.errors import (
 from detect_api.limits import install_guards
 from detect_api.settings import Settings
 from inference.draw import draw_detections
-from inference.engines import create_engine
 from inference.imageio import decode_image, encode_jpeg
-from inference.pipeline import Detector, Prepared
+from inference.pipeline import Detector, Prepared, build_engine
 from inference.spec import ModelSpec
 from inference.types import Detection, DetectionResult, DetectParams, Timings
 from observability.gpu import GpuSampler
@@ -80,6 +79,11 @@ class DetectResponse(BaseModel):
 class ModelOut(BaseModel):
     name: str
     backend: str
+    precision: str = Field(description="fp32, fp16, bf16 or int8: what the engine runs.")
+    gate_score: float | None = Field(
+        description="The accuracy gate's mAP@0.5:0.95 of this backend x precision against FP32 on this "
+        "model; null when not measured (fp32 is the reference)."
+    )
     provider: str
     input_size: list[int]
     classes: list[str]
@@ -191,7 +195,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def _build_detector(settings: Settings, metrics: InferenceMetrics) -> Detector:
     spec = ModelSpec.load(settings.model_dir)
-    engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_kwargs())
+    engine = build_engine(settings, spec)  # backend=auto: chosen (and timed, once) when the detector starts
     return Detector(engine, spec, **settings.detector_kwargs(), observer=PrometheusObserver(metrics))
 
 
@@ -201,9 +205,11 @@ def _on_detector(state: ApiState, detector: Detector) -> None:
     state.class_ids = {name.lower(): i for i, name in enumerate(info["classes"])}
     state.metrics.set_model(model=info["name"], backend=info["backend"], provider=info["provider"])
     log.info(
-        "detect API serving model %s with %s (%s)%s",
+        "detect API serving model %s with %s %s (accuracy gate mAP %s; %s)%s",
         info["name"],
         info["backend"],
+        info["precision"],
+        "not measured" if info["gate_score"] is None else f"{info['gate_score']:.3f}",
         info["provider"],
         "" if detector.ready else "; the detector is not started yet",
     )
@@ -303,6 +309,8 @@ def _router(settings: Settings) -> APIRouter:
         return ModelOut(
             name=info["name"],
             backend=info["backend"],
+            precision=info["precision"],
+            gate_score=info["gate_score"],
             provider=info["provider"],
             input_size=list(info["input_size"]),
             classes=list(info["classes"]),

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from inference.autoselect import SelectedEngine
 from inference.batcher import MicroBatcher
 from inference.decoders import Decoder, create_decoder
 from inference.engines import Engine
 from inference.errors import InferenceError
 from inference.observer import InferenceObserver
 from inference.preprocess import Transform, preprocess, preprocess_one
+from inference.settings import ServingSettings
 from inference.spec import ModelSpec
 from inference.types import DetectionResult, DetectParams, Timings
 
@@ -43,6 +45,19 @@ class Prepared:
     tensor: np.ndarray
     transform: Transform
     preprocess_ms: float
+
+
+def build_engine(settings: ServingSettings, spec: ModelSpec) -> Engine:
+    """The engine the settings ask for: an explicit backend and precision, or the automatic choice
+    (inference/autoselect.py), made when the engine loads; either way under the accuracy gate."""
+    return SelectedEngine(
+        settings.model_dir,
+        spec,
+        backend=settings.backend,
+        precision=settings.precision,
+        options=settings.all_backend_options(),
+        time_per_candidate_s=settings.autoselect_time_s,
+    )
 
 
 def _auto(value: int | None, name: str) -> int | None:
@@ -119,11 +134,14 @@ class Detector:
         )
         await self._batcher.start()
         self.ready = True
+        score = getattr(self.engine, "gate_score", None)
         log.info(
-            "detector ready: model %s, backend %s, provider %s (%s), batch <= %d, delay <= %.1f ms, "
-            "%d batch(es) in flight",
+            "detector ready: model %s, backend %s, precision %s (accuracy gate mAP %s), provider %s (%s), "
+            "batch <= %d, delay <= %.1f ms, %d batch(es) in flight",
             self.spec.name,
             self.engine.backend,
+            getattr(self.engine, "precision", "fp32"),
+            "not measured" if score is None else f"{score:.3f}",
             self.engine.provider,
             "GPU" if self.engine.on_gpu else "CPU",
             self._batch,
@@ -151,6 +169,10 @@ class Detector:
         return {
             "name": self.spec.name,
             "backend": self.engine.backend,
+            # getattr: engines built outside the registry (test fakes, wrappers) may not say; fp32 is the
+            # precision every model is exported in.
+            "precision": getattr(self.engine, "precision", "fp32"),
+            "gate_score": getattr(self.engine, "gate_score", None),
             "provider": self.engine.provider,
             "input_size": [self.spec.input_width, self.spec.input_height],
             "classes": list(self.spec.class_names),

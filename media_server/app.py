@@ -301,10 +301,13 @@ async def _startup(app: web.Application) -> None:
     state.inference_metrics.set_model(model=info["name"], backend=info["backend"], provider=info["provider"])
     if state.gpu is not None:
         await asyncio.to_thread(state.gpu.start)
+    score = info.get("gate_score")
     logger.info(
-        "media server ready: model %s, backend %s, provider %s",
+        "media server ready: model %s, backend %s, precision %s (accuracy gate mAP %s), provider %s",
         info["name"],
         info["backend"],
+        info.get("precision", "fp32"),
+        "not measured" if score is None else f"{score:.3f}",
         info["provider"],
     )
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from inference.engines import Engine, create_engine
+from inference.engines import Engine
 from inference.observer import InferenceObserver
 from inference.spec import ModelSpec
 from inference.types import DetectionResult, DetectParams
@@ -37,6 +37,8 @@ class SlowEngine:
         self._inner = inner
         self._delay_s = delay_s
         self.backend = inner.backend
+        self.precision = inner.precision
+        self.gate_score: float | None = None
         self.provider = self._describe()
         self.max_batch_size = inner.max_batch_size
         self.max_concurrency = inner.max_concurrency
@@ -49,7 +51,10 @@ class SlowEngine:
         self._inner.load()
         # Both are known only once the inner engine is loaded.
         self.provider = self._describe()
+        self.backend, self.precision = self._inner.backend, self._inner.precision
+        self.gate_score = getattr(self._inner, "gate_score", None)
         self.max_batch_size = self._inner.max_batch_size
+        self.max_concurrency = self._inner.max_concurrency
         self.on_gpu = self._inner.on_gpu
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
@@ -66,10 +71,11 @@ class SlowEngine:
 
 def build_detector(settings: Settings, observer: InferenceObserver | None = None) -> DetectorLike:
     """The engine and the shared Detector from settings; not started (the app's startup does that)."""
-    from inference.pipeline import Detector  # the batcher lives there; imported when a server starts
+    # The batcher and the engine choice live there; imported when a server starts.
+    from inference.pipeline import Detector, build_engine
 
     spec = ModelSpec.load(settings.model_dir)
-    engine: Engine = create_engine(settings.backend, settings.model_dir, spec, **settings.engine_kwargs())
+    engine: Engine = build_engine(settings, spec)  # backend=auto: chosen when the detector starts
     if settings.engine_delay_ms > 0:
         engine = SlowEngine(engine, settings.engine_delay_ms / 1e3)
     detector: DetectorLike = Detector(engine, spec, **settings.detector_kwargs(), observer=observer)

@@ -24,7 +24,13 @@ ASTRONAUT_BOX = (14, 14, 364, 507)
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(model_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(model_dir=model_dir, providers=["CPUExecutionProvider"], max_delay_ms=5.0)
+    settings = Settings(
+        model_dir=model_dir,
+        backend="onnxruntime",
+        precision="fp32",
+        onnxruntime={"providers": ["CPUExecutionProvider"]},
+        max_delay_ms=5.0,
+    )
     async with serve(create_app(settings)) as c:
         yield c
 
@@ -139,7 +145,9 @@ async def test_health_ready_model_and_docs(client: httpx.AsyncClient) -> None:
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     model = (await client.get("/model")).json()
     assert model["name"] == "nanodet-g"
-    assert model["backend"] == "onnxruntime"
+    assert (model["backend"], model["precision"]) == ("onnxruntime", "fp32")
+    # fp32 is the gate's reference: 1.0 once `engine_build precision` has run, null (not measured) before.
+    assert model["gate_score"] is None or 0.9 <= model["gate_score"] <= 1.0
     assert model["provider"] == "CPUExecutionProvider"
     assert model["input_size"] == [416, 416]
     assert len(model["classes"]) == 80 and model["classes"][0] == "person"

@@ -52,7 +52,9 @@ def assert_error(r: httpx.Response, status: int, error: str) -> dict:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(model_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(model_dir=model_dir, providers=["CPUExecutionProvider"])
+    settings = Settings(
+        model_dir=model_dir, backend="onnxruntime", onnxruntime={"providers": ["CPUExecutionProvider"]}
+    )
     async with serve(create_app(settings)) as c:
         yield c
 

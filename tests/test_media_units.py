@@ -62,8 +62,11 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(settings.turn_urls) == 2 and settings.turn_secret is not None
     assert settings.backpressure is BackpressurePolicy.DROP_OLDEST
     assert settings.port == 8080 and settings.host == "127.0.0.1"
-    assert settings.engine_kwargs() == {"providers": ["CPUExecutionProvider"], "allow_spinning": False}
-    assert Settings(backend="tensorrt", providers=None).engine_kwargs() == {}
+    assert settings.backend_options("onnxruntime").model_dump(include={"providers", "allow_spinning"}) == {
+        "providers": ["CPUExecutionProvider"],
+        "allow_spinning": False,
+    }
+    assert Settings(backend="tensorrt", providers=None).backend_options("tensorrt").engine_file is None
 
 
 def test_settings_defaults_never_use_a_public_stun_server() -> None:
@@ -288,7 +291,14 @@ def test_check_offer_sdp_refuses_what_it_cannot_serve(sdp: str) -> None:
 
 def test_slow_engine_delays_every_call() -> None:
     class Engine:
-        backend, provider, max_batch_size, max_concurrency, on_gpu = "fake", "cpu", 4, 1, False
+        backend, provider, precision, max_batch_size, max_concurrency, on_gpu = (
+            "fake",
+            "cpu",
+            "fp32",
+            4,
+            1,
+            False,
+        )
 
         def load(self) -> None:
             self.max_batch_size = 2
@@ -304,7 +314,7 @@ def test_slow_engine_delays_every_call() -> None:
 
     slow = SlowEngine(Engine(), 0.05)
     slow.load()
-    assert slow.max_batch_size == 2 and "artificial delay" in slow.provider
+    assert slow.max_batch_size == 2 and "artificial delay" in slow.provider and slow.precision == "fp32"
     started = time.perf_counter()
     assert slow.infer(np.zeros(1))["out"].shape == (1,)
     assert time.perf_counter() - started >= 0.05

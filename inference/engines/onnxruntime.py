@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.engines.options import BackendOptions, OnnxRuntimeOptions, int8_onnx_file
 from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
 from inference.preprocess import input_shape
 from inference.spec import ModelSpec
@@ -38,9 +39,15 @@ class OnnxRuntimeEngine:
         trt_cache_dir: str | None = None,
         trt_fp16: bool = False,
         model_file: str | None = None,
+        precision: str = "fp32",
     ) -> None:
-        self.model_path = Path(model_dir) / (model_file or spec.onnx_file)
+        if precision not in ("fp32", "int8"):
+            raise BackendUnavailableError(f"the onnxruntime backend runs fp32 or int8, not {precision}")
+        # int8: the statically quantised (QDQ) model beside the FP32 one; its QDQ pairs run as INT8 kernels.
+        default_file = int8_onnx_file(spec.onnx_file) if precision == "int8" else spec.onnx_file
+        self.model_path = Path(model_dir) / (model_file or default_file)
         self.spec = spec
+        self.precision = precision
         self.requested_providers = tuple(providers) if providers is not None else None
         self.intra_op_threads = intra_op_threads
         self.allow_spinning = allow_spinning
@@ -55,6 +62,20 @@ class OnnxRuntimeEngine:
         self._input_name = spec.input_name
         self._input_dtype = np.dtype(spec.input_dtype)  # the session's own, once loaded
         self._output_names: list[str] = []
+
+    @classmethod
+    def supported_precisions(
+        cls, model_dir: Path, spec: ModelSpec, options: BackendOptions
+    ) -> tuple[str, ...]:
+        """fp32, plus int8 once `python -m engine_build quantize` has written the INT8 model."""
+        assert isinstance(options, OnnxRuntimeOptions)
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise BackendUnavailableError("onnxruntime is not installed") from e
+        if (model_dir / int8_onnx_file(spec.onnx_file)).is_file():
+            return ("fp32", "int8")
+        return ("fp32",)
 
     def load(self) -> None:
         try:
@@ -101,10 +122,11 @@ class OnnxRuntimeEngine:
         self.provider = session.get_providers()[0]
         self.on_gpu = self.provider in _GPU_PROVIDERS
         log.info(
-            "onnxruntime %s loaded %s with %s (max batch %d)",
+            "onnxruntime %s loaded %s with %s, %s (max batch %d)",
             ort.__version__,
             self.model_path,
             self.provider,
+            self.precision,
             self.max_batch_size,
         )
 

@@ -7,6 +7,7 @@ fine and the engine fails with BackendUnavailableError only when it is chosen.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from inference.engines.options import BackendOptions, TensorRTOptions
 from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
 from inference.preprocess import input_shape
 from inference.spec import ModelSpec
@@ -22,6 +24,31 @@ from inference.spec import ModelSpec
 log = logging.getLogger("rtdetect.inference")
 
 DEFAULT_ENGINE_FILE = "model.engine"
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _sidecar_precision(path: Path) -> str | None:
+    """The precision `engine_build tensorrt` recorded beside an engine (its `precision`, else its fp16 flag)."""
+    try:
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    if isinstance(meta.get("precision"), str):
+        return str(meta["precision"])
+    return "fp16" if meta.get("fp16") else "fp32"
+
+
+def engine_file_for(model_dir: Path, precision: str) -> Path | None:
+    """An engine per precision: `model.<precision>.engine`, else `model.engine` if its sidecar says so."""
+    per_precision = model_dir / f"model.{precision}.engine"
+    if per_precision.is_file():
+        return per_precision
+    default = model_dir / DEFAULT_ENGINE_FILE
+    if default.is_file() and _sidecar_precision(default) == precision:
+        return default
+    return None
 
 
 def import_tensorrt() -> Any:
@@ -96,12 +123,24 @@ class TensorRTEngine:
         model_dir: Path,
         spec: ModelSpec,
         *,
-        engine_file: str = DEFAULT_ENGINE_FILE,
+        engine_file: str | None = None,
         device_id: int = 0,
         profile_index: int = 0,
+        precision: str = "fp32",
     ) -> None:
-        self.engine_path = Path(model_dir) / engine_file
+        if precision not in TRT_PRECISIONS:
+            raise BackendUnavailableError(
+                f"the tensorrt backend runs {list(TRT_PRECISIONS)}, not {precision}"
+            )
+        model_dir = Path(model_dir)
+        if engine_file is not None:
+            self.engine_path = model_dir / engine_file
+        else:
+            self.engine_path = (
+                engine_file_for(model_dir, precision) or model_dir / f"model.{precision}.engine"
+            )
         self.spec = spec
+        self.precision = precision
         self.device_id = device_id
         self.profile_index = profile_index
         self.provider = "not loaded"
@@ -119,6 +158,19 @@ class TensorRTEngine:
         self._outputs: list[_Binding] = []
         # One execution context and one set of buffers: batches must not interleave.
         self._lock = threading.Lock()
+
+    @classmethod
+    def supported_precisions(
+        cls, model_dir: Path, spec: ModelSpec, options: BackendOptions
+    ) -> tuple[str, ...]:
+        """The precisions with an engine file built here (each engine is built for one precision)."""
+        assert isinstance(options, TensorRTOptions)
+        import_tensorrt()
+        if options.engine_file is not None:
+            path = model_dir / options.engine_file
+            recorded = _sidecar_precision(path) if path.is_file() else None
+            return (recorded,) if recorded in TRT_PRECISIONS else ()
+        return tuple(p for p in TRT_PRECISIONS if engine_file_for(model_dir, p) is not None)
 
     def load(self) -> None:
         trt = import_tensorrt()
