@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from inference.errors import RtdetectError
 from media_server.app import STATE, create_app
+from media_server.http_limits import serve
 from media_server.settings import Settings
 
 logger = logging.getLogger("media_server")
@@ -53,7 +54,7 @@ def main() -> int:
 
     app.on_startup.append(announce)  # after the app's own startup: the model is loaded by then
     try:
-        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+        serve(app, settings)  # web.run_app plus read deadlines and connection limits
     except RtdetectError as e:
         logger.error("cannot start: %s", e)
         return 1

@@ -105,13 +105,30 @@ class OfferRequest(BaseModel):
     type: Literal["offer"]
 
 
-async def _read_offer(request: web.Request, limit: int) -> OfferRequest:
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, up to `limit` bytes, within `timeout_s`. `content.read(n)` returns only what has
+    arrived so far (an offer split over TCP segments came out cut): read until EOF."""
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError(400, "offer_too_large", f"the offer is {request.content_length} bytes; limit {limit}")
-    # Read at most limit + 1 bytes whatever Content-Length claims (or when it is absent: chunked).
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise ApiError(400, "offer_too_large", f"the offer exceeds {limit} bytes")
+        raise ApiError(413, "offer_too_large", f"the offer is {request.content_length} bytes; limit {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            # Whatever Content-Length claims (or when it is absent: chunked), never hold more than limit + 1.
+            while chunk := await request.content.read(limit + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "offer_too_large", f"the offer exceeds {limit} bytes")
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s"
+        ) from None
+    return b"".join(chunks)
+
+
+async def _read_offer(request: web.Request, limit: int, timeout_s: float) -> OfferRequest:
+    body = await _read_body(request, limit, timeout_s)
     try:
         return OfferRequest.model_validate_json(body)
     except ValidationError as e:
@@ -132,7 +149,7 @@ async def offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     settings = state.settings
     try:
-        body = await _read_offer(request, settings.max_offer_bytes)
+        body = await _read_offer(request, settings.max_offer_bytes, settings.body_timeout_s)
     except ApiError as e:
         state.metrics.offers_rejected.labels(
             reason="too_large" if e.error == "offer_too_large" else "bad_offer"

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
+from inference.ratelog import RateLimitedLog
+from media_server.datachannel import guard_data_channels
 from media_server.frames import FrameSourceFactory, TrackFrameSource
 from media_server.ice import announce_addresses
 from media_server.settings import Settings
@@ -33,10 +34,34 @@ logger = logging.getLogger(__name__)
 
 # A client that stops reading the data channel must not make the server buffer results forever.
 MAX_CHANNEL_BUFFERED_BYTES = 256 * 1024
+# Control messages (config, ping) are tiny; a larger text is answered with an error without being parsed.
+MAX_CONTROL_MESSAGE_CHARS = 16 * 1024
+# aiortc's close can itself fail on a half-made connection: one line per kind per interval.
+_close_errors = RateLimitedLog(logger, interval_s=10.0)
 
 
 class OfferError(ValueError):
     """The offer cannot be answered: malformed SDP, or not the media this server takes."""
+
+
+def cap_remote_candidates(sdp: str, limit: int) -> tuple[str, int]:
+    """`sdp` with at most `limit` `a=candidate` lines per media section, and how many were dropped.
+
+    aioice checks every pair it is given (an offer naming 500 addresses made the server send ~1,800 STUN
+    packets to them); cutting the SDP before aiortc parses it keeps the extras from ever reaching aioice.
+    """
+    out: list[str] = []
+    kept = dropped = 0
+    for line in sdp.splitlines(keepends=True):
+        if line.startswith("m="):
+            kept = 0
+        elif line.startswith("a=candidate:"):
+            if kept >= limit:
+                dropped += 1
+                continue
+            kept += 1
+        out.append(line)
+    return "".join(out), dropped
 
 
 def check_offer_sdp(sdp: str) -> None:
@@ -47,6 +72,8 @@ def check_offer_sdp(sdp: str) -> None:
     except Exception as e:  # the parser raises whatever its input provokes; all of it means "bad SDP"
         raise OfferError(f"unparseable SDP: {type(e).__name__}: {e}") from e
     kinds = [m.kind for m in parsed.media]
+    if len(kinds) > 2:  # one video and at most one data channel: cheap to refuse before building anything
+        raise OfferError(f"too many media sections: {len(kinds)} (one video, one data channel at most)")
     if kinds.count("video") != 1:
         raise OfferError(f"the offer must contain exactly one video track, got media {kinds}")
     if any(k not in ("video", "application") for k in kinds):
@@ -80,6 +107,8 @@ class PeerSession:
         self._started_media = False
         self.results_sent = 0
         self.results_skipped = 0
+        self.messages_invalid = 0  # answered with an error message
+        self.messages_refused = 0  # over max-message-size: the channel was closed
 
         media.on_result = self.send_result
         media.on_ended = self._remote_ended
@@ -93,17 +122,28 @@ class PeerSession:
     async def answer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         """Apply the offer and return the answer (ICE gathering included: aiortc does not trickle)."""
         check_offer_sdp(offer.sdp)
-        transceiver = self.pc.addTransceiver(self.media.outgoing, direction="sendrecv")
-        if self._settings.codec != "auto":
-            transceiver.setCodecPreferences(_preferred_codecs(self._settings.codec))
+        sdp, dropped = cap_remote_candidates(offer.sdp, self._settings.max_remote_candidates)
+        if dropped:
+            logger.info("peer %s: dropped %d remote ICE candidates over the cap", self.id, dropped)
         try:
-            await self.pc.setRemoteDescription(offer)
-        except (ValueError, LookupError, InvalidAccessError, InvalidStateError, OperationError) as e:
-            # aiortc reports SDP it cannot use (no common codec, missing ICE credentials, ...) with these.
+            transceiver = self.pc.addTransceiver(self.media.outgoing, direction="sendrecv")
+            if self._settings.codec != "auto":
+                transceiver.setCodecPreferences(_preferred_codecs(self._settings.codec))
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=offer.type))
+            if not self._started_media:
+                raise OfferError("the offer sends no video")
+            if self.pc.sctp is not None:
+                guard_data_channels(
+                    self.pc.sctp, on_refused=self._message_refused, on_invalid=self._message_invalid
+                )
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except OfferError:
+            raise
+        except Exception as e:
+            # The SDP comes from the client, and aiortc answers odd SDP with whatever it provokes (ValueError,
+            # LookupError, AttributeError, its own InvalidAccessError, ...) from any of these three steps.
+            logger.debug("peer %s: offer refused", self.id, exc_info=e)
             raise OfferError(f"cannot use the offer: {type(e).__name__}: {e}") from e
-        if not self._started_media:
-            raise OfferError("the offer sends no video")
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
         local = self.pc.localDescription
         self._watchdog = asyncio.create_task(self._watch(), name=f"rtdetect-watchdog-{self.id}")
         return RTCSessionDescription(
@@ -135,7 +175,11 @@ class PeerSession:
         channel.on("message", self._on_message)
 
     def _on_message(self, message: str | bytes) -> None:
+        # Whatever a client sends, the handler answers with an error and the connection lives on: an
+        # exception escaping here would unwind through aiortc's SCTP receive loop and end the association.
         try:
+            if len(message) > MAX_CONTROL_MESSAGE_CHARS:
+                raise ValueError(f"message too long: {len(message)} > {MAX_CONTROL_MESSAGE_CHARS}")
             data = json.loads(message)
             if not isinstance(data, dict):
                 raise ValueError("expected a JSON object")
@@ -146,8 +190,21 @@ class PeerSession:
                 self.send({"type": "pong", "t": data.get("t"), "server_time": time.time()})
             else:
                 raise ValueError(f"unknown message type {kind!r}")
-        except (ValueError, TypeError) as e:
-            self.send({"type": "error", "detail": str(e)})
+        except (ValueError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            self.messages_invalid += 1
+            self.send({"type": "error", "detail": f"{type(e).__name__}: {e}"[:200]})
+
+    def _message_invalid(self, reason: str) -> None:
+        """A text message that is not UTF-8: aiortc would raise decoding it; dropped and answered instead."""
+        self.messages_invalid += 1
+        self.send({"type": "error", "detail": reason})
+
+    def _message_refused(self, size: int, limit: int) -> None:
+        """A message over the advertised max-message-size: its channel is being closed (RFC 8831 6.6)."""
+        self.messages_refused += 1
+        logger.info(
+            "peer %s: data channel closed, a message exceeded %d bytes (%d buffered)", self.id, limit, size
+        )
 
     def _configure(self, data: dict[str, Any]) -> None:
         if "score_threshold" in data:
@@ -219,7 +276,12 @@ class PeerSession:
         try:
             await self.media.stop()
         finally:  # whatever happened to the pipeline, the connection (sockets, decoder thread) goes
-            await self.pc.close()
+            try:
+                await self.pc.close()
+            except Exception as e:  # a half-made connection; the peer is gone all the same and is counted
+                _close_errors.error(
+                    type(e).__name__, "peer %s: closing the connection failed: %r", self.id, e, exc_info=e
+                )
             self._channel = None
             self._metrics.peers_closed.labels(reason=reason).inc()
             logger.info("peer %s closed (%s)", self.id, reason)
@@ -231,6 +293,8 @@ class PeerSession:
             "connection_state": self.pc.connectionState,
             "results_sent": self.results_sent,
             "results_skipped": self.results_skipped,
+            "messages_invalid": self.messages_invalid,
+            "messages_refused": self.messages_refused,
             **self.media.stats(),
         }
 

@@ -14,6 +14,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from inference.ice import IceServer, parse_ice_servers
 from inference.settings import ServingSettings, split_list
 from inference.types import DetectParams
+from media_server.auth import MediaAuthSettings  # API keys, origins, per-client limits
 from media_server.turn import validate_ice_url
 
 _DEFAULTS = DetectParams()
@@ -36,7 +37,7 @@ class PipelineMode(StrEnum):
     NAIVE = "naive"
 
 
-class Settings(ServingSettings):
+class Settings(ServingSettings, MediaAuthSettings):
     model_config = SettingsConfigDict(env_prefix="RTDETECT_MEDIA_", extra="ignore", frozen=True)
 
     # Model, engine and batching: inherited from ServingSettings, the same knobs as the detect API.
@@ -68,6 +69,20 @@ class Settings(ServingSettings):
     retry_after_s: int = Field(default=5, ge=1)
     # A peer that is not connected this long after its answer, or sends no frame for this long, is closed.
     disconnect_timeout_s: float = Field(default=10.0, gt=0.0)
+    # Remote ICE candidates kept per media section of an offer; the rest are dropped before ICE checks them
+    # (an offer naming hundreds of addresses would otherwise make the server send STUN to all of them).
+    max_remote_candidates: int = Field(default=32, ge=1, le=1000)
+
+    # HTTP read deadlines and connection limits (media_server/http_limits.py).
+    header_timeout_s: float = Field(default=10.0, gt=0.0)  # the first request's headers, from connect
+    body_timeout_s: float = Field(default=10.0, gt=0.0)  # the whole /offer body, from its headers
+    keepalive_timeout_s: float = Field(
+        default=30.0, gt=0.0
+    )  # idle (or next headers) on a kept-alive connection
+    max_connections: int = Field(default=256, ge=1)  # open HTTP connections; more are closed at once
+    backlog: int = Field(default=128, ge=1)  # the listen queue
+    # Repeated failures (accept errors, malformed requests, engine errors): one log line per interval per kind.
+    error_log_interval_s: float = Field(default=10.0, gt=0.0)
 
     # The live pipeline.
     pipeline: PipelineMode = PipelineMode.DETECT

@@ -17,6 +17,7 @@ from inference.errors import InferenceError
 from inference.types import Detection, DetectionResult, DetectParams, Timings
 from media_server.app import STATE, ServerState, create_app
 from media_server.detector import DetectorLike
+from media_server.http_limits import MediaHttpServer, start_http
 from media_server.settings import Settings
 
 LOOPBACK = "127.0.0.1"
@@ -72,6 +73,7 @@ class FakeDetector:
 class RunningServer:
     url: str
     app: web.Application
+    http: MediaHttpServer
 
     @property
     def state(self) -> ServerState:
@@ -85,18 +87,13 @@ async def running_server(
     app = create_app(settings, detector=detector)
     if detector is not None and not detector.ready:
         await detector.start()
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, 0)
-    await site.start()
-    server = site._server
-    assert server is not None
-    port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    # The server's own HTTP limits (read deadlines, connection cap), as `python -m media_server` runs it.
+    http = await start_http(app, settings, host=LOOPBACK, port=0)
     try:
-        yield RunningServer(f"http://{LOOPBACK}:{port}", app)
+        yield RunningServer(f"http://{LOOPBACK}:{http.port}", app, http)
     finally:
         try:
-            await asyncio.wait_for(runner.cleanup(), CLEANUP_LIMIT_S)
+            await asyncio.wait_for(http.close(), CLEANUP_LIMIT_S)
         except TimeoutError:
             # A hung shutdown is a bug: say where every task is stuck instead of hanging the test run.
             stacks = io.StringIO()
