@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from inference.errors import ModelLoadError, OverloadedError
 from inference.ice import HostAddressOverride
 from inference.types import DetectParams
+from media_server.auth import access_middleware
 from media_server.detector import DetectorLike, build_detector
 from media_server.ice import client_ice_servers, server_rtc_configuration
 from media_server.peers import OfferError, PeerRegistry, PeerSession, check_offer_sdp
@@ -287,7 +288,10 @@ def create_app(
         host_addresses=HostAddressOverride(settings.ice_host_addresses),
     )
     registry.register(PeerFramesCollector(lambda: ((p.id, p.media.stats()) for p in state.peers)))
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_offer_bytes + 1)
+    app = web.Application(
+        middlewares=[error_middleware, access_middleware(settings, state.peers)],  # media_server/auth.py
+        client_max_size=settings.max_offer_bytes + 1,
+    )
     app[STATE] = state
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR, append_version=True)
