@@ -194,8 +194,10 @@ class ApiLevel:
 def _api_server(
     model_dir: Path, threads: int, extra_env: dict[str, str], logs: Path, port: int
 ) -> AbstractContextManager[ServerProcess]:
+    # onnxruntime fp32, as the raw engine it is compared with (the default backend=auto may choose another).
     env = {"RTDETECT_MODEL_DIR": str(model_dir), "RTDETECT_PORT": str(port), "RTDETECT_HOST": LOOPBACK,
-           "RTDETECT_INTRA_OP_THREADS": str(threads), "RTDETECT_LOG_LEVEL": "warning",
+           "RTDETECT_BACKEND": "onnxruntime", "RTDETECT_PRECISION": "fp32",
+           "RTDETECT_ONNXRUNTIME__INTRA_OP_THREADS": str(threads), "RTDETECT_LOG_LEVEL": "warning",
            "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0", **extra_env}  # fmt: skip
     return server_process(
         [sys.executable, "-m", "detect_api"],
