@@ -88,3 +88,55 @@ async def test_chromium_page_shows_annotated_video_and_detections(
             assert not [line for line in console if "error" in line.lower()], console
         finally:
             await browser.close()
+
+
+async def test_chromium_page_asks_for_the_key_once_and_streams_with_it(
+    model_dir: Path, photos: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """Auth on: the page asks for the key on the server's first 401, asks again for a wrong one, keeps the
+    right one for the tab and sends it on every request (config, offer)."""
+    chromium = require_chromium()
+    from playwright import async_api as playwright_api
+
+    from inference.apikeys import hash_key, new_key
+
+    key = new_key()
+    clip = photo_clip(tmp_path / "astronaut.y4m", photos["astronaut"])
+    settings = loopback_settings(model_dir=model_dir, auth=True, api_key_hashes=[hash_key(key)])
+    async with running_server(settings) as server, playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(**chromium_launch_options(fake_camera=clip, executable=chromium))
+        try:
+            page = await browser.new_page()
+            await page.goto(server.url + "/")
+            # The page's first request (GET config) got a 401: it asks for the key.
+            await page.wait_for_selector("#auth", state="visible", timeout=10_000)
+            await page.fill("#api-key", "rtd_not-the-key")
+            await page.click("#auth button[type=submit]")
+            await _wait(
+                page,
+                "() => !document.getElementById('auth').hidden && "
+                "document.getElementById('auth-message').textContent.includes('not accepted')",
+                10_000,
+                "a second request for the key",
+            )
+            await page.fill("#api-key", key)
+            await page.click("#auth button[type=submit]")
+            await page.wait_for_selector("#auth", state="hidden", timeout=10_000)
+            assert await page.evaluate("() => sessionStorage.getItem('rtdetect.apiKey')") == key
+
+            await page.click("#start")
+            await _wait(page, "() => window.rtdetect.status === 'connected'", 20_000, "the connection")
+            first = await page.evaluate("() => window.rtdetect.framesPresented")
+            await _wait(page, f"() => window.rtdetect.framesPresented >= {first} + 30", 20_000, "30 frames")
+            await _wait(page, "() => window.rtdetect.results >= 10", 20_000, "detections on the data channel")
+            assert await page.is_hidden("#auth")  # asked once: start sent the stored key
+            assert len(server.state.peers) == 1
+
+            # A reload in the same tab keeps the key: no new prompt, the config loads.
+            await page.click("#stop")
+            await server.state.peers.wait_empty(10.0)
+            await page.reload(wait_until="networkidle")  # the config request has been answered
+            assert await page.is_hidden("#auth")
+            assert not await page.evaluate("() => window.rtdetect.keyRequested")
+        finally:
+            await browser.close()

@@ -18,6 +18,7 @@
     status: $("status"), error: $("error"), detections: $("detections"),
     fpsSent: $("fps-sent"), fpsReceived: $("fps-received"), rtt: $("rtt"), inference: $("inference"),
     age: $("age"), count: $("count"), dropped: $("dropped"),
+    auth: $("auth"), apiKey: $("api-key"), authMessage: $("auth-message"), authCancel: $("auth-cancel"),
   };
 
   const state = {
@@ -32,6 +33,7 @@
     lastResult: null,
     rttMs: [], // recent round trips measured from stamped frame numbers
     error: null,
+    keyRequested: false, // the server asked for an API key (tests read this)
   };
   window.rtdetect = state;
 
@@ -55,9 +57,53 @@
     ui.error.hidden = !message;
   }
 
+  // --- API key: asked for once when the server answers 401, kept for this tab (sessionStorage) ---------
+
+  const KEY_STORAGE = "rtdetect.apiKey";
+  let keyPrompt = null; // one pending prompt, shared by concurrent requests
+
+  function askForKey(message) {
+    if (!keyPrompt) {
+      keyPrompt = new Promise((resolve) => {
+        state.keyRequested = true;
+        ui.authMessage.textContent = message;
+        ui.auth.hidden = false;
+        ui.apiKey.value = "";
+        ui.apiKey.focus();
+        const done = (key) => {
+          ui.auth.hidden = true;
+          ui.auth.removeEventListener("submit", submit);
+          ui.authCancel.removeEventListener("click", cancel);
+          keyPrompt = null;
+          resolve(key);
+        };
+        const submit = (event) => { event.preventDefault(); done(ui.apiKey.value.trim() || null); };
+        const cancel = () => done(null);
+        ui.auth.addEventListener("submit", submit);
+        ui.authCancel.addEventListener("click", cancel);
+      });
+    }
+    return keyPrompt;
+  }
+
+  // fetch with `Authorization: Bearer <key>` once a key is known; on a 401 it asks for the key and retries.
+  async function authFetch(url, options = {}) {
+    for (;;) {
+      const key = sessionStorage.getItem(KEY_STORAGE);
+      const headers = { ...(options.headers || {}) };
+      if (key) headers.Authorization = `Bearer ${key}`;
+      const response = await fetch(url, { ...options, headers });
+      if (response.status !== 401) return response;
+      sessionStorage.removeItem(KEY_STORAGE);
+      const entered = await askForKey(key ? "That key was not accepted; enter another." : "This server needs an API key.");
+      if (!entered) return response; // cancelled: the caller shows the 401
+      sessionStorage.setItem(KEY_STORAGE, entered);
+    }
+  }
+
   async function loadConfig() {
     // Relative URLs (no leading /): the page also runs under a path prefix behind the HTTPS front (/live/).
-    const response = await fetch("config");
+    const response = await authFetch("config");
     if (!response.ok) throw new Error(`GET /config: ${response.status}`);
     config = await response.json();
     ui.threshold.value = config.scoreThreshold;
@@ -302,7 +348,7 @@
 
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIceGathering(pc);
-      const response = await fetch("offer", {
+      const response = await authFetch("offer", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
