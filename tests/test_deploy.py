@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.override.yml", "docker-compose.cpu.yml"]
 DOCKERFILES = ["docker/backend.Dockerfile", "docker/frontend.Dockerfile"]
 GPU_SERVICES = {"backend", "media-server"}
-STACK = {"backend", "media-server", "frontend", "prometheus", "grafana", "turn"}
+STACK = {"backend", "media-server", "frontend", "prometheus", "grafana", "turn", "front"}
 SECRETS = {"TURN_SECRET": "test-turn-secret", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
 
 
@@ -170,6 +170,8 @@ def test_start_up_is_ordered_by_health(gpu_config: dict[str, Any]) -> None:
         depends = services[name]["depends_on"]
         assert set(depends) == deps, name
         assert all(d["condition"] == "service_healthy" for d in depends.values()), name
+    # The front starts with the services it routes to (a service that is still loading answers 502/503).
+    assert set(services["front"]["depends_on"]) == {"frontend", "backend", "media-server", "grafana"}
     # The first GPU start builds the TensorRT engine before /readyz answers.
     for name in GPU_SERVICES:
         assert services[name]["healthcheck"]["start_period"] in ("10m", "600s", "10m0s")
@@ -177,7 +179,9 @@ def test_start_up_is_ordered_by_health(gpu_config: dict[str, Any]) -> None:
 
 
 def test_named_volumes_keep_models_engines_and_metrics(gpu_config: dict[str, Any]) -> None:
-    assert set(gpu_config["volumes"]) == {"models", "engines", "prometheus-data", "grafana-data"}
+    assert set(gpu_config["volumes"]) == {
+        "models", "engines", "prometheus-data", "grafana-data", "caddy-data", "caddy-config"
+    }  # fmt: skip
     services = gpu_config["services"]
 
     def mounts(name: str) -> dict[str, str]:
@@ -202,15 +206,52 @@ def test_named_volumes_keep_models_engines_and_metrics(gpu_config: dict[str, Any
     assert any(s.endswith("turn/turnserver.conf") for s in mounts("turn"))
 
 
-def test_published_ports(gpu_config: dict[str, Any]) -> None:
-    services = gpu_config["services"]
-    assert _published(services["backend"]) == {8000}
-    assert 8080 in _published(services["media-server"])
-    assert _published(services["frontend"]) == {8501}
-    assert _published(services["prometheus"]) == {9090}
-    assert _published(services["grafana"]) == {3000}
-    assert {3478, 5349} <= _published(services["turn"])
+def _bindings(service: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(host address, published port, protocol) for each published port; docker-compose 1.29 prints a
+    port bound to one host address as "IP:PUBLISHED:TARGET/PROTO", the others as mappings."""
+    out = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):
+            spec, _, protocol = port.partition("/")
+            host_ip, published, _target = spec.rsplit(":", 2)
+            out.append((host_ip, int(published), protocol or "tcp"))
+        else:
+            out.append((port.get("host_ip", "0.0.0.0"), int(port["published"]), port.get("protocol", "tcp")))
+    return out
+
+
+@pytest.mark.parametrize("stack", ["gpu_config", "cpu_config"])
+def test_only_the_front_and_turn_publish_tcp_ports(stack: str, request: pytest.FixtureRequest) -> None:
+    """Browsers reach everything through the front's HTTPS; TURN keeps its TCP/TLS ports for clients whose
+    UDP is blocked; Prometheus (no login) is on the host's loopback only; media and relays are UDP."""
+    services = request.getfixturevalue(stack)["services"]
+    public_tcp = {
+        name: {port for host, port, proto in _bindings(service) if proto == "tcp" and host in ("0.0.0.0", "")}
+        for name, service in services.items()
+    }
+    assert {name: ports for name, ports in public_tcp.items() if ports} == {
+        "front": {80, 443},
+        "turn": {3478, 5349},
+    }
+    assert _bindings(services["prometheus"]) == [("127.0.0.1", 9090, "tcp")]
+    for name in ("backend", "frontend", "grafana"):
+        assert not services[name].get("ports"), name
+    udp = {name for name, service in services.items() if any(p == "udp" for _, _, p in _bindings(service))}
+    assert udp == {"media-server", "turn"}
     assert 3478 in _published(services["turn"], "udp")
+
+
+def test_front_serves_grafana_under_its_path_and_keeps_its_state(gpu_config: dict[str, Any]) -> None:
+    services = gpu_config["services"]
+    front = services["front"]
+    assert re.fullmatch(r"caddy:\d+\.\d+\.\d+", front["image"]), front["image"]  # pinned by tag
+    mounts = [str(v) for v in front["volumes"]]
+    assert any(m.endswith("docker/Caddyfile:/etc/caddy/Caddyfile:ro") for m in mounts), mounts
+    assert any(m.startswith("caddy-data:/data") for m in mounts), mounts  # certificates and the internal CA
+    grafana = _env(services["grafana"])
+    assert grafana["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true"
+    assert grafana["GF_SERVER_ROOT_URL"] == "https://localhost:443/grafana/"
+    assert _env(front)["FRONT_SITE"] == "localhost" and _env(front)["FRONT_TLS"] == "auto"
 
 
 def test_media_udp_ports_are_the_containers_ephemeral_range(gpu_config: dict[str, Any]) -> None:

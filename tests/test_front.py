@@ -50,6 +50,7 @@ class Front:
     url: str  # https://127.0.0.1:PORT
     http_url: str  # the plain-HTTP port (redirects)
     port: int
+    health_port: int  # the container's health check (plain HTTP, loopback)
     root_cert: Path  # the internal CA's root, as a user exports it from Caddy's data directory
     logs: Path
 
@@ -58,7 +59,9 @@ class Front:
         return ssl.create_default_context(cafile=str(self.root_cert))
 
 
-def caddy_env(data_home: Path, https_port: int, http_port: int, **upstreams: str) -> dict[str, str]:
+def caddy_env(
+    data_home: Path, https_port: int, http_port: int, health_port: int, **upstreams: str
+) -> dict[str, str]:
     return {
         **os.environ,
         "XDG_DATA_HOME": str(
@@ -68,6 +71,7 @@ def caddy_env(data_home: Path, https_port: int, http_port: int, **upstreams: str
         "FRONT_SITE": LOOPBACK,
         "FRONT_HTTPS_PORT": str(https_port),
         "FRONT_HTTP_PORT": str(http_port),
+        "FRONT_HEALTH_PORT": str(health_port),
         "FRONT_READ_HEADER_TIMEOUT": f"{READ_HEADER_TIMEOUT_S}s",
         **upstreams,
     }
@@ -96,12 +100,13 @@ def front(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "RTDETECT_UI_ICE_SERVERS": "[]",
         }
         with streamlit_ui(logs, ui_env) as ui_url:
-            https_port, http_port = free_port(), free_port()
+            https_port, http_port, health_port = free_port(), free_port(), free_port()
             # No Grafana here: its upstream is a closed port, which shows the front's own error answer.
             env = caddy_env(
                 logs,
                 https_port,
                 http_port,
+                health_port,
                 FRONT_API_UPSTREAMS=api_url.removeprefix("http://"),
                 FRONT_MEDIA_UPSTREAMS=media_url.removeprefix("http://"),
                 FRONT_UI_UPSTREAMS=ui_url.removeprefix("http://"),
@@ -126,7 +131,7 @@ def front(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"caddy did not serve {url}:\n{tail(log_path)}")
                     time.sleep(0.2)  # polling a health URL until a deadline
-                yield Front(url, f"http://{LOOPBACK}:{http_port}", https_port, root, logs)
+                yield Front(url, f"http://{LOOPBACK}:{http_port}", https_port, health_port, root, logs)
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
@@ -167,14 +172,15 @@ async def test_detect_api_through_the_front_with_the_trusted_internal_ca(
             assert resp.status == 413
             assert resp.content_type == "application/json"
 
-    # Plain HTTP redirects to HTTPS (the ACME port in a deployment).
-    async with (
-        aiohttp.ClientSession() as plain,
-        plain.get(f"{front.http_url}/live/", allow_redirects=False) as resp,
-    ):
-        assert resp.status in (301, 302, 307, 308)
-        location = resp.headers["Location"]
-        assert location.startswith(f"https://{LOOPBACK}") and location.endswith("/live/"), location
+    async with aiohttp.ClientSession() as plain:
+        # Plain HTTP redirects to HTTPS (the ACME port in a deployment).
+        async with plain.get(f"{front.http_url}/live/", allow_redirects=False) as resp:
+            assert resp.status in (301, 302, 307, 308)
+            location = resp.headers["Location"]
+            assert location.startswith(f"https://{LOOPBACK}") and location.endswith("/live/"), location
+        # What compose's health check asks.
+        async with plain.get(f"http://{LOOPBACK}:{front.health_port}/healthz") as resp:
+            assert resp.status == 200 and (await resp.json()) == {"status": "ok"}
 
 
 async def test_a_client_that_never_finishes_its_headers_is_disconnected(front: Front) -> None:
