@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 
+from detect_api.docs_assets import install_offline_docs
 from detect_api.errors import (
     ApiError,
     BodyLimitMiddleware,
@@ -152,9 +153,12 @@ def create_app(settings: Settings, *, detector: Detector | None = None) -> FastA
         version="0.1.0",
         description="Object detection on still images: POST an image to /detect.",
         lifespan=_lifespan,
+        docs_url=None,  # /docs and /redoc from packaged files, not FastAPI's CDN: see install_offline_docs
+        redoc_url=None,
     )
     app.state.rtdetect = state
     app.include_router(_router(settings))
+    install_offline_docs(app)
     install_error_handlers(app, retry_after_s=settings.retry_after_s, is_ready=lambda: state.ready)
     # Middleware added first runs innermost: the instrumentator (added last) sees every response, the
     # early 413s and the catch-all 500s included.
@@ -185,8 +189,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await state.detector.start()
         if state.detector is not None:
             _on_detector(state, state.detector)
+        if settings.grpc_port:
+            # Imported only where gRPC is on; it serves the same detector (one batcher for both).
+            from detect_api.grpc_service import GrpcServer
+
+            grpc_server = GrpcServer(state)
+            await grpc_server.start()
+            app.state.grpc_server = grpc_server
         yield
     finally:
+        if getattr(app.state, "grpc_server", None) is not None:
+            await app.state.grpc_server.stop(settings.grpc_shutdown_grace_s)
+            app.state.grpc_server = None
         if state.owns_detector and state.detector is not None:
             await state.detector.close()
         if state.gpu is not None:

@@ -53,6 +53,16 @@ class Settings(ServingSettings, ApiKeySettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
 
+    # gRPC (detect_api/grpc_service.py), on `host` too; 0 turns it off.
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # Messages in: an encoded image up to max_upload_bytes (checked per request) or a raw frame, plus framing.
+    grpc_max_receive_bytes: int = Field(default=24 * 1024 * 1024, ge=1024)
+    grpc_max_send_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)  # annotated JPEGs go out
+    # Calls and open streams at once; more get RESOURCE_EXHAUSTED.
+    grpc_max_concurrent_rpcs: int = Field(default=256, ge=1)
+    # On shutdown, calls in flight get this long to finish, then are cancelled.
+    grpc_shutdown_grace_s: float = Field(default=5.0, ge=0.0)
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.default_max_detections > self.max_detections:
