@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 MAX_CHANNEL_BUFFERED_BYTES = 256 * 1024
 # Control messages (config, ping) are tiny; a larger text is answered with an error without being parsed.
 MAX_CONTROL_MESSAGE_CHARS = 16 * 1024
-# aiortc's close can itself fail on a half-made connection: one line per kind per interval.
-_close_errors = RateLimitedLog(logger, interval_s=10.0)
 
 
 class OfferError(ValueError):
@@ -279,7 +277,7 @@ class PeerSession:
             try:
                 await self.pc.close()
             except Exception as e:  # a half-made connection; the peer is gone all the same and is counted
-                _close_errors.error(
+                self._registry.close_errors.error(
                     type(e).__name__, "peer %s: closing the connection failed: %r", self.id, e, exc_info=e
                 )
             self._channel = None
@@ -313,9 +311,11 @@ def _preferred_codecs(name: str) -> list[Any]:
 class PeerRegistry:
     """The app's peers, bounded by `max_peers`; owns the gauge of active peers."""
 
-    def __init__(self, max_peers: int, metrics: LiveMetrics) -> None:
+    def __init__(self, max_peers: int, metrics: LiveMetrics, *, error_log_interval_s: float = 10.0) -> None:
         self.max_peers = max_peers
         self._metrics = metrics
+        # aiortc's close can itself fail on a half-made connection: one line per kind per interval.
+        self.close_errors = RateLimitedLog(logger, error_log_interval_s)
         self._peers: dict[str, PeerSession] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._empty = asyncio.Event()
