@@ -16,6 +16,7 @@ from typing import Any
 from engine_build.fetch import sha256
 from inference.engines.tensorrt import import_tensorrt
 from inference.errors import BackendUnavailableError, ModelLoadError
+from inference.preprocess import input_shape
 from inference.spec import ModelSpec
 
 log = logging.getLogger("rtdetect.engine_build")
@@ -90,11 +91,7 @@ def build_engine(model_dir: Path, *, fp16: bool = True, max_batch: int = 8, forc
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 2 << 30)
     if fp16 and builder.platform_has_fast_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-    shape = (
-        (3, spec.input_height, spec.input_width)
-        if spec.layout == "NCHW"
-        else (spec.input_height, spec.input_width, 3)
-    )
+    shape = input_shape(spec)  # the served input's layout (a uint8-nhwc model's differs from the network's)
     profile = builder.create_optimization_profile()
     profile.set_shape(spec.input_name, (1, *shape), (max(1, max_batch // 2), *shape), (max_batch, *shape))
     config.add_optimization_profile(profile)
