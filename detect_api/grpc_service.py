@@ -28,8 +28,10 @@ from detect_api.app import ApiState, _annotate, _decode_and_prepare, _parse_clas
 from detect_api.errors import ApiError, grpc_status
 from detect_api.proto import detect_pb2 as pb
 from detect_api.proto import detect_pb2_grpc as pb_grpc
+from inference.apikeys import ApiKeys, bearer_token
 from inference.errors import ImageTooLargeError, InvalidImageError, OverloadedError
 from inference.pipeline import Detector, Prepared
+from inference.ratelimit import RateLimiter, retry_after
 from inference.types import DetectionResult, DetectParams, Timings
 from observability.metrics import GrpcMetrics
 
@@ -60,8 +62,17 @@ class GrpcServer:
         self.state = state
         self.metrics = GrpcMetrics(state.registry)
         self.health = ReadinessHealth(lambda: state.ready)
+        limiter = (
+            RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+            if settings.rate_limit_per_s > 0
+            else None
+        )
         self.server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(self.metrics)],
+            # Metrics outermost: calls refused for their key are counted too (UNAUTHENTICATED).
+            interceptors=[
+                MetricsInterceptor(self.metrics),
+                AuthInterceptor(settings.api_keys(), limiter, settings.retry_after_s),
+            ],
             options=[
                 ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
                 ("grpc.max_send_message_length", settings.grpc_max_send_bytes),
@@ -386,6 +397,92 @@ class LatestSlot:
             await self._event.wait()
         item, self._item = self._item, None
         return item
+
+
+# --- authentication ---------------------------------------------------------------------------------------
+
+# Open without a key, as /healthz and /readyz are over HTTP: probes carry no credentials.
+OPEN_SERVICES = frozenset({health.SERVICE_NAME})
+RATE_LIMITED_METHODS = frozenset({f"/{SERVICE_NAME}/Detect", f"/{SERVICE_NAME}/DetectStream"})
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """API keys (inference/apikeys.py, the REST settings) as `authorization: Bearer <key>` call metadata,
+    and the per-client rate limit on Detect and on opening a DetectStream. Deny by default: every service
+    but health, reflection included (it gives out the schema, as /openapi.json does). Refusals go through
+    errors.grpc_status like every other error: 401 -> UNAUTHENTICATED, 429 -> RESOURCE_EXHAUSTED."""
+
+    def __init__(self, keys: ApiKeys | None, limiter: RateLimiter | None, retry_after_s: int) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.retry_after_s = retry_after_s
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or (self.keys is None and self.limiter is None):
+            return handler
+        method = handler_call_details.method
+        if method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES:
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        refusal = self._check(method, metadata.get("authorization"), metadata.get("x-forwarded-for"))
+        return handler if refusal is None else _refusing(handler, refusal)
+
+    def _check(self, method: str, authorization: Any, forwarded: Any) -> ApiError | None:
+        client: str | None = None
+        if self.keys is not None:
+            token = bearer_token(authorization if isinstance(authorization, str) else None)
+            if token is None:
+                return ApiError(
+                    401,
+                    "unauthorized",
+                    "this API needs a key: send the metadata `authorization: Bearer <key>`",
+                )
+            client = self.keys.identify(token)
+            if client is None:
+                return ApiError(401, "invalid_api_key", "the API key is not valid")
+        if self.limiter is not None and method in RATE_LIMITED_METHODS:
+            # Without keys, one budget for all gRPC callers: the peer address is not in the call details.
+            wait = self.limiter.take(client or "grpc:anonymous")
+            if wait > 0:
+                return ApiError(
+                    429,
+                    "rate_limited",
+                    f"over {self.limiter.rate_per_s:g} requests/s for this client; retry later",
+                    {"Retry-After": retry_after(wait)},
+                )
+        return None
+
+
+def _refusing(handler: grpc.RpcMethodHandler, refusal: ApiError) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that only answers `refusal`'s status."""
+    status, code, detail = grpc_status(refusal, ready=True)
+    metadata = [(ERROR_CODE_KEY, code)]
+    if refusal.headers and "Retry-After" in refusal.headers:
+        metadata.append((RETRY_AFTER_KEY, refusal.headers["Retry-After"]))
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(status, detail, trailing_metadata=tuple(metadata))
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await context.abort(status, detail, trailing_metadata=tuple(metadata))
+        yield  # pragma: no cover  (makes this an async generator, as a streaming handler must be)
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
 
 
 # --- metrics ----------------------------------------------------------------------------------------------
