@@ -23,7 +23,7 @@ from inference.autoselect import (
 )
 from inference.engines.options import OnnxRuntimeOptions, OpenVinoOptions
 from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
-from inference.gate import GateRecord, GateResult, Machine
+from inference.gate import GateRecord, GateResult, Machine, file_sha256
 from tests.test_engines import make_spec, save_model
 
 
@@ -311,3 +311,23 @@ def test_auto_picks_a_real_engine_here_and_caches_it(
     assert explicit.selection is not None and explicit.selection.how == "explicit"
     assert (explicit.backend, explicit.precision, explicit.gate_score) == ("openvino", "fp32", None)
     explicit.close()
+
+    # gate.json, for this very model.onnx: what it refuses is never served, explicitly or not.
+    GateRecord(
+        machine=Machine(cpu="test CPU"),
+        threshold=0.9,
+        onnx_sha256=file_sha256(tmp_path / "model.onnx"),
+        results=(
+            GateResult(backend="openvino", precision="fp32", map=0.5, recall50=0.5, passed=False),
+            GateResult(backend="onnxruntime", precision="fp32", map=1.0, recall50=1.0, passed=True),
+        ),
+    ).save(tmp_path)
+    with pytest.raises(GateRefusedError, match="openvino/fp32 is under"):
+        start(backend="openvino", precision="fp32")
+    only = start()
+    assert only.selection is not None and only.selection.how == "only candidate"
+    assert (only.backend, only.precision, only.gate_score) == ("onnxruntime", "fp32", 1.0)
+    only.close()
+    # A gate measured on another model.onnx is ignored.
+    save_model(tmp_path, spec, seed=7)  # other weights, another hash
+    assert start(backend="openvino", precision="fp32").gate_score is None

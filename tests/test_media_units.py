@@ -67,6 +67,15 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "allow_spinning": False,
     }
     assert Settings(backend="tensorrt", providers=None).backend_options("tensorrt").engine_file is None
+    # The engine choice, with the media server's own prefix.
+    assert (settings.backend, settings.precision) == ("auto", "auto")
+    monkeypatch.setenv("RTDETECT_MEDIA_BACKEND", "openvino")
+    monkeypatch.setenv("RTDETECT_MEDIA_PRECISION", "bf16")
+    monkeypatch.setenv("RTDETECT_MEDIA_OPENVINO__HINT", "throughput")
+    monkeypatch.setenv("RTDETECT_PRECISION", "int8")  # the detect API's variable is not ours
+    monkeypatch.delenv("RTDETECT_MEDIA_PROVIDERS")
+    chosen = Settings()
+    assert (chosen.backend, chosen.precision, chosen.openvino.hint) == ("openvino", "bf16", "throughput")
 
 
 def test_settings_defaults_never_use_a_public_stun_server() -> None:

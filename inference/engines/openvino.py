@@ -173,7 +173,7 @@ class OpenVinoEngine:
         log.info(
             "openvino %s compiled %s on %s (%s): precision %s (asked %s, inference precision %s), "
             "hint %s, %d infer request(s), max batch %d; CPU features %s",
-            ov.__version__,
+            ov.__version__.split("-")[0],
             self.model_path.name,
             self.device,
             full_name,
