@@ -64,10 +64,17 @@ class DetectResult:
 
 
 class DetectClient:
-    def __init__(self, base_url: str, timeout_s: float, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float,
+        session: requests.Session | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self._session = session or requests.Session()
+        self._headers = dict(headers or {})  # sent on every request: the API key (Settings.auth_headers)
 
     def model_classes(self) -> list[str]:
         body = self._request("GET", "/model").json()
@@ -101,7 +108,9 @@ class DetectClient:
     ) -> requests.Response:
         url = self.base_url + path
         try:
-            response = self._session.request(method, url, params=params, files=files, timeout=self.timeout_s)
+            response = self._session.request(
+                method, url, params=params, files=files, headers=self._headers, timeout=self.timeout_s
+            )
         except requests.Timeout as e:
             raise BackendTimeout(
                 f"The detect API at {self.base_url} did not answer within {self.timeout_s:g} s. "
@@ -114,6 +123,14 @@ class DetectClient:
             ) from e
         if response.ok:
             return response
+        if response.status_code == 401:
+            raise BackendRejected(
+                401,
+                "unauthorized",
+                f"The detect API at {self.base_url} needs an API key"
+                + (" and refused this one" if self._headers else "")
+                + ": set RTDETECT_UI_API_KEY to a key whose hash the API accepts.",
+            )
         raise _rejection(response)
 
 

@@ -29,6 +29,7 @@ def sidebar(settings: Settings) -> None:
         st.header("Backends")
         st.markdown(f"Detect API: `{settings.detect_api_url}`  \nMedia server: `{settings.media_server_url}`")
         st.caption(f"Request timeout {settings.request_timeout_s:g} s")
+        st.caption("API key: set (sent to both servers)" if settings.api_key else "API key: none")
         st.header("WebRTC")
         if settings.ice_servers:
             st.markdown("\n".join(f"- `{s.redacted()}`" for s in settings.ice_servers))

@@ -7,7 +7,7 @@ explicit, possibly empty, `iceServers` list.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
@@ -29,12 +29,15 @@ def aiortc_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
     )
 
 
-def fetch_media_server_ice(media_server_url: str, timeout_s: float) -> list[IceServer]:
-    """The media server's GET /ice-servers: where a deployment hands out short-lived TURN credentials.
+def fetch_media_server_ice(
+    media_server_url: str, timeout_s: float, headers: Mapping[str, str] | None = None
+) -> list[IceServer]:
+    """The media server's GET /ice-servers: where a deployment hands out short-lived TURN credentials
+    (to callers with a key, when its auth is on: `headers` carries it).
 
     Accepts `{"iceServers": [...]}` or a bare list. Raises `requests.RequestException` or `ValueError`.
     """
-    response = requests.get(f"{media_server_url}/ice-servers", timeout=timeout_s)
+    response = requests.get(f"{media_server_url}/ice-servers", timeout=timeout_s, headers=dict(headers or {}))
     response.raise_for_status()
     body = response.json()
     servers = body.get("iceServers", body.get("ice_servers", [])) if isinstance(body, dict) else body

@@ -23,9 +23,12 @@ CAMERA_CONSTRAINTS = {
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def _media_server_ice(media_server_url: str, timeout_s: float) -> list[dict[str, object]]:
+def _media_server_ice(
+    media_server_url: str, timeout_s: float, headers: dict[str, str]
+) -> list[dict[str, object]]:
     # Short-lived TURN credentials last far longer than this cache; errors raise and are not cached.
-    return [s.model_dump() for s in fetch_media_server_ice(media_server_url, timeout_s)]
+    # The headers (the API key) are part of the cache key, as on the upload page.
+    return [s.model_dump() for s in fetch_media_server_ice(media_server_url, timeout_s, headers)]
 
 
 def effective_ice_servers(settings: Settings) -> tuple[list[IceServer], str | None]:
@@ -34,8 +37,18 @@ def effective_ice_servers(settings: Settings) -> tuple[list[IceServer], str | No
         return list(settings.ice_servers), None
     try:
         # The page waits on this: keep it short, the media server answers from memory.
-        raw = _media_server_ice(settings.media_server_url, min(settings.request_timeout_s, 3.0))
+        raw = _media_server_ice(
+            settings.media_server_url, min(settings.request_timeout_s, 3.0), settings.auth_headers()
+        )
         fetched = [IceServer.model_validate(s) for s in raw]
+    except requests.HTTPError as e:
+        if e.response is not None and e.response.status_code == 401:
+            return list(settings.ice_servers), (
+                f"The media server at {settings.media_server_url} needs an API key"
+                + (" and refused this one" if settings.api_key else "")
+                + ": set RTDETECT_UI_API_KEY to a key whose hash it accepts."
+            )
+        return list(settings.ice_servers), f"The media server's ICE servers are unavailable: {e}"
     except (requests.RequestException, ValueError, ValidationError) as e:
         return list(settings.ice_servers), (
             f"Cannot reach the media server at {settings.media_server_url} ({type(e).__name__}). "
@@ -53,6 +66,7 @@ def _session_relay(settings: Settings, ice_servers: list[IceServer], threshold: 
             aiortc_configuration(ice_servers),
             connect_timeout_s=settings.live_connect_timeout_s,
             score_threshold=threshold,
+            headers=settings.auth_headers(),
         )
         st.session_state[RELAY_KEY] = relay
     return relay

@@ -218,15 +218,18 @@ class RelayError(Exception):
     """The media server refused the offer or could not be reached; the message is shown to the user."""
 
 
-OfferPoster = Callable[[str, Mapping[str, str], float], Awaitable[Mapping[str, Any]]]
+# (offer URL, offer, timeout, extra headers such as the API key) -> the answer
+OfferPoster = Callable[[str, Mapping[str, str], float, Mapping[str, str]], Awaitable[Mapping[str, Any]]]
 
 
-async def post_offer(url: str, offer: Mapping[str, str], timeout_s: float) -> Mapping[str, Any]:
+async def post_offer(
+    url: str, offer: Mapping[str, str], timeout_s: float, headers: Mapping[str, str] | None = None
+) -> Mapping[str, Any]:
     """POST the offer to the media server; its JSON error ({error, detail}) becomes a RelayError."""
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.post(url, json=dict(offer)) as response,
+            session.post(url, json=dict(offer), headers=dict(headers or {})) as response,
         ):
             try:
                 body = await response.json(content_type=None)
@@ -257,11 +260,13 @@ class MediaServerRelay:
         connect_timeout_s: float = 15.0,
         score_threshold: float | None = None,
         poster: OfferPoster = post_offer,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.offer_url = media_server_url.rstrip("/") + "/offer"
         self._configuration = rtc_configuration
         self._connect_timeout_s = connect_timeout_s
         self._poster = poster
+        self._headers = dict(headers or {})  # the API key (web.settings.Settings.auth_headers)
         self.output = LatestFrameTrack()
         self._upstream = LatestFrameTrack()
         self.stats = LiveStats(dropped=lambda: self._upstream.dropped + self.output.dropped)
@@ -401,7 +406,7 @@ class MediaServerRelay:
         await pc.setLocalDescription(await pc.createOffer())
         local = pc.localDescription
         answer = await self._poster(
-            self.offer_url, {"sdp": local.sdp, "type": local.type}, self._connect_timeout_s
+            self.offer_url, {"sdp": local.sdp, "type": local.type}, self._connect_timeout_s, self._headers
         )
         if "sdp" not in answer or "type" not in answer:
             raise RelayError(f"The media server's answer has no SDP: {dict(answer)!r:.200}")

@@ -7,7 +7,7 @@ import ipaddress
 import json
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inference.ice import IceServer, parse_ice_servers
@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     media_server_url: str = "http://127.0.0.1:8080"
     # One /detect call on CPU takes tens of ms; a large photo on a busy host can take seconds.
     request_timeout_s: float = Field(default=15.0, gt=0.0)
+    # The UI's own API key (`python -m inference.apikeys new`), sent as `Authorization: Bearer` on every call
+    # to both servers when they run with auth on; its hash goes into their api_key_hashes.
+    api_key: SecretStr | None = None
 
     # WebRTC. No public STUN by default: an explicit, possibly empty, list always reaches aiortc and the
     # browser (both fall back to a public STUN server when given none).
@@ -31,6 +34,11 @@ class Settings(BaseSettings):
     ice_host_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How long the relay waits for the media server to answer and connect before the live page gives up.
     live_connect_timeout_s: float = Field(default=15.0, gt=0.0)
+
+    def auth_headers(self) -> dict[str, str]:
+        """The Authorization header for both servers; empty without a key."""
+        key = self.api_key.get_secret_value().strip() if self.api_key is not None else ""
+        return {"Authorization": f"Bearer {key}"} if key else {}
 
     @field_validator("detect_api_url", "media_server_url")
     @classmethod

@@ -14,18 +14,25 @@ TIMING_KEYS = ("decode", "preprocess", "inference", "postprocess", "total")
 
 
 @st.cache_data(ttl=60, show_spinner=False)
-def _model_classes(base_url: str, timeout_s: float) -> list[str]:
-    # Failures raise and are not cached: the next rerun asks again once the backend is up.
-    return DetectClient(base_url, timeout_s).model_classes()
+def _model_classes(base_url: str, timeout_s: float, headers: dict[str, str]) -> list[str]:
+    # Failures raise and are not cached: the next rerun asks again once the backend is up. The headers (the
+    # API key) are part of the cache key: an answer got with one key is not served to a caller with another.
+    return DetectClient(base_url, timeout_s, headers=headers).model_classes()
 
 
 # Streamlit reruns the whole page on every slider move: without this cache every photo would be sent
 # again. Keyed on the content digest; errors raise and are not cached.
 @st.cache_data(max_entries=128, show_spinner=False)
 def _detect(
-    base_url: str, timeout_s: float, filename: str, digest: str, _content: bytes, params: DetectParams
+    base_url: str,
+    timeout_s: float,
+    filename: str,
+    digest: str,
+    _content: bytes,
+    params: DetectParams,
+    headers: dict[str, str],
 ) -> DetectResult:
-    return DetectClient(base_url, timeout_s).detect(filename, _content, params)
+    return DetectClient(base_url, timeout_s, headers=headers).detect(filename, _content, params)
 
 
 def detections_table(result: DetectResult) -> pd.DataFrame:
@@ -53,7 +60,7 @@ def render(settings: Settings) -> None:
     classes: list[str] = []
     backend_error: str | None = None
     try:
-        classes = _model_classes(settings.detect_api_url, settings.request_timeout_s)
+        classes = _model_classes(settings.detect_api_url, settings.request_timeout_s, settings.auth_headers())
     except ApiError as e:
         backend_error = str(e)
         st.error(backend_error, icon=":material/cloud_off:")
@@ -103,6 +110,7 @@ def render(settings: Settings) -> None:
                     hashlib.sha256(content).hexdigest(),
                     content,
                     params,
+                    settings.auth_headers(),
                 )
         except BackendRejected as e:
             st.error(f"The detect API rejected **{uploaded.name}**: {e}", icon=":material/block:")
