@@ -90,12 +90,20 @@ def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def _credentials(tls: bool, root_certificates: bytes | None) -> grpc.ChannelCredentials | None:
+    """TLS (through the HTTPS front) or None for plaintext (the API's own gRPC port, inside a network)."""
+    if not tls and root_certificates is None:
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=root_certificates)
+
+
 def _metadata(api_key: str | None) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {api_key}"),) if api_key else None
 
 
 class DetectClient:
-    """Blocking client. `api_key` is sent as `authorization: Bearer <key>` on every call."""
+    """Blocking client. `api_key` is sent as `authorization: Bearer <key>` on every call. `tls=True` (or
+    `root_certificates`, PEM bytes of a private CA such as the front's internal one) for the HTTPS front."""
 
     def __init__(
         self,
@@ -104,9 +112,17 @@ class DetectClient:
         api_key: str | None = None,
         timeout_s: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
         channel: grpc.Channel | None = None,
     ) -> None:
-        self.channel = channel or grpc.insecure_channel(target, options=_channel_options(max_message_bytes))
+        options = _channel_options(max_message_bytes)
+        credentials = _credentials(tls, root_certificates)
+        self.channel = channel or (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.insecure_channel(target, options=options)
+        )
         self._stub = pb_grpc.DetectServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metadata = _metadata(api_key)
@@ -192,8 +208,16 @@ class AsyncDetectClient:
         api_key: str | None = None,
         timeout_s: float | None = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
     ) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=_channel_options(max_message_bytes))
+        options = _channel_options(max_message_bytes)
+        credentials = _credentials(tls, root_certificates)
+        self.channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options)
+        )
         self._stub = pb_grpc.DetectServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
         self._metadata = _metadata(api_key)
@@ -278,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target", default=DEFAULT_TARGET, help=f"host:port (default {DEFAULT_TARGET})")
     parser.add_argument("--api-key", default=None, help="sent as authorization: Bearer <key>")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    parser.add_argument("--tls", action="store_true", help="TLS, e.g. through the HTTPS front")
+    parser.add_argument("--ca", type=Path, default=None, help="PEM file of the CA to trust (implies --tls)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("health", help="exit 0 when the server is SERVING, 1 otherwise")
     commands.add_parser("model", help="print the model the server runs")
@@ -287,7 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     detect.add_argument("--score-threshold", type=float, default=None)
     args = parser.parse_args(argv)
 
-    with DetectClient(args.target, api_key=args.api_key, timeout_s=args.timeout) as client:
+    root = args.ca.read_bytes() if args.ca else None
+    with DetectClient(
+        args.target, api_key=args.api_key, timeout_s=args.timeout, tls=args.tls, root_certificates=root
+    ) as client:
         try:
             if args.command == "health":
                 status = client.health()

@@ -94,8 +94,13 @@ def rows() -> list[Row]:
                 ),
                 Panel(
                     "API requests/s",
-                    "All detect API requests per second, every route and status (1 min rate).",
-                    (Query(f"sum(instance_handler_status:http_requests:rate1m{{{API}}})", "requests/s"),),
+                    "All detect API requests per second, every route and status (1 min rate); gRPC calls beside them.",
+                    (
+                        Query(f"sum(instance_handler_status:http_requests:rate1m{{{API}}})", "requests/s"),
+                        Query(
+                            f"sum(instance_method_code:grpc_server_handled:rate1m{{{API}}})", "gRPC calls/s"
+                        ),
+                    ),
                     "reqps",
                     kind="stat",
                     width=4,
@@ -158,12 +163,17 @@ def rows() -> list[Row]:
                 Panel(
                     "API requests per second by route and status",
                     "Requests per second (1 min rate) by route template and HTTP status; unknown paths "
-                    'are grouped as route "none".',
+                    'are grouped as route "none". gRPC calls by method and status code beside them.',
                     (
                         Query(
                             "sum by (handler, status) "
                             f"(instance_handler_status:http_requests:rate1m{{{API}}})",
                             "{{handler}} {{status}}",
+                        ),
+                        Query(
+                            "sum by (grpc_method, grpc_code) "
+                            f"(instance_method_code:grpc_server_handled:rate1m{{{API}}})",
+                            "gRPC {{grpc_method}} {{grpc_code}}",
                         ),
                     ),
                     "reqps",
@@ -171,13 +181,19 @@ def rows() -> list[Row]:
                 ),
                 Panel(
                     "API p99 latency by route",
-                    "99th percentile request duration over the last minute, by route (worst instance). "
+                    "99th percentile request duration over the last minute, by route and by unary gRPC "
+                    "method (worst instance). "
                     "The red line is the DetectApiLatencyHigh alert threshold.",
                     (
                         Query(
                             "max by (handler) "
                             f"(instance_handler:http_request_duration_seconds:p99_rate1m{{{API}}})",
                             "{{handler}}",
+                        ),
+                        Query(
+                            "max by (grpc_method) "
+                            f"(instance_method:grpc_server_handling_seconds:p99_rate1m{{{API}}})",
+                            "gRPC {{grpc_method}}",
                         ),
                     ),
                     "s",

@@ -38,6 +38,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from detect_api.client import AsyncDetectClient, DetectError
 from engine_build.servers import free_port
 from inference.ice import HostAddressOverride
 from media_server.synthetic import SyntheticPeer
@@ -351,11 +352,13 @@ web.run_app(create_app(settings), host=settings.host, port=settings.port, print=
 @dataclass
 class Load:
     """Real traffic from a background thread with its own event loop: one live peer, and POST /detect
-    with a real photo (plus a health check and one unsupported upload, so routes and statuses vary)."""
+    with a real photo (plus a health check and one unsupported upload, so routes and statuses vary), and
+    the same over gRPC (Detect, and one bad image)."""
 
     api_url: str
     media_url: str
     photo_bgr: np.ndarray
+    grpc_target: str
     fps: float = 10.0
     detect_every_s: float = 0.25
     error: BaseException | None = None
@@ -406,16 +409,27 @@ class Load:
         form.add_field("file", b"not an image", filename="notes.txt", content_type="text/plain")
         async with http.post(f"{self.api_url}/detect", data=form) as resp:
             assert resp.status in (400, 415), resp.status
-        while not self._stop.is_set():
-            form = aiohttp.FormData()
-            form.add_field("file", jpeg, filename="astronaut.jpg", content_type="image/jpeg")
-            async with http.post(f"{self.api_url}/detect", data=form) as resp:
-                assert resp.status == 200, (resp.status, await resp.text())
-                body = await resp.json()
-                assert any(d["label"] == "person" for d in body["detections"]), body
-            async with http.get(f"{self.api_url}/healthz") as resp:
-                assert resp.status == 200
-            await asyncio.sleep(self.detect_every_s)  # request pacing, not a wait for a condition
+        async with AsyncDetectClient(self.grpc_target) as grpc_client:
+            try:
+                await grpc_client.detect(b"not an image")
+                raise AssertionError("gRPC Detect accepted a bad image")
+            except DetectError as e:
+                assert e.error == "invalid_image", e
+            while not self._stop.is_set():
+                response = await grpc_client.detect(jpeg)
+                assert any(d.label == "person" for d in response.detections), response
+                await self._rest_round(http, jpeg)
+
+    async def _rest_round(self, http: aiohttp.ClientSession, jpeg: bytes) -> None:
+        form = aiohttp.FormData()
+        form.add_field("file", jpeg, filename="astronaut.jpg", content_type="image/jpeg")
+        async with http.post(f"{self.api_url}/detect", data=form) as resp:
+            assert resp.status == 200, (resp.status, await resp.text())
+            body = await resp.json()
+            assert any(d["label"] == "person" for d in body["detections"]), body
+        async with http.get(f"{self.api_url}/healthz") as resp:
+            assert resp.status == 200
+        await asyncio.sleep(self.detect_every_s)  # request pacing, not a wait for a condition
 
 
 @dataclass
@@ -469,7 +483,7 @@ def stack(
     prometheus = _prometheus()
     promtool = _promtool()
     tmp = tmp_path_factory.mktemp("observability")
-    api_port, media_port, prom_port, dcgm_port = (free_port() for _ in range(4))
+    api_port, media_port, prom_port, dcgm_port, grpc_port = (free_port() for _ in range(5))
     api_url, media_url = f"http://{LOOPBACK}:{api_port}", f"http://{LOOPBACK}:{media_port}"
     processes: list[Process] = []
     load: Load | None = None
@@ -481,6 +495,7 @@ def stack(
                 {
                     "RTDETECT_HOST": LOOPBACK,
                     "RTDETECT_PORT": str(api_port),
+                    "RTDETECT_GRPC_PORT": str(grpc_port),  # the API panels show gRPC beside HTTP
                     "RTDETECT_MODEL_DIR": str(model_dir),
                     "RTDETECT_INTRA_OP_THREADS": "1",  # two cores shared by both servers and the client
                 },
@@ -543,7 +558,7 @@ def stack(
             processes,
         )
 
-        load = Load(api_url, media_url, photos["astronaut"])
+        load = Load(api_url, media_url, photos["astronaut"], grpc_target=f"{LOOPBACK}:{grpc_port}")
         load.start()
         _wait_until(
             lambda: load.peer_connected.is_set() or load.error is not None, 60, "a live peer", processes
