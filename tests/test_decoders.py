@@ -317,6 +317,8 @@ async def test_detector_detect(yolo_dir: Path, caplog: pytest.LogCaptureFixture)
         assert detector.info() == {
             "name": "yolo-test",
             "backend": "onnxruntime",
+            "precision": "fp32",
+            "gate_score": None,  # no gate.json: not measured
             "provider": "CPUExecutionProvider",
             "input_size": [320, 320],
             "classes": list(YOLO_CLASSES),
