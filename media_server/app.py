@@ -279,7 +279,9 @@ def create_app(
         gpu=GpuSampler(registry, interval) if interval > 0 else None,
         detector=detector,
         owns_detector=owns_detector,
-        peers=PeerRegistry(settings.max_peers, live_metrics),
+        peers=PeerRegistry(
+            settings.max_peers, live_metrics, error_log_interval_s=settings.error_log_interval_s
+        ),
         # Frame conversion and overlay rendering: a pool of our own, so they never wait behind aiortc's
         # encoders in the loop's default executor.
         executor=ThreadPoolExecutor(

@@ -184,9 +184,6 @@ async def start_http(
         # After a refused or timed-out body, discard what the client still sends for a short while only.
         lingering_time=min(settings.body_timeout_s, 2.0),
         logger=_QuietServerLogger(limited),
-        max_line_size=8190,
-        max_field_size=8190,
-        max_headers=64,
     )
     await runner.setup()
     guard = ConnectionGuard(settings.max_connections, settings.header_timeout_s, limited)
