@@ -48,7 +48,8 @@ def grpc_port() -> int:
 async def http(model_dir: Path, grpc_port: int) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
         model_dir=model_dir,
-        providers=["CPUExecutionProvider"],
+        backend="onnxruntime",  # pinned: test_get_model names it (the default, auto, may choose another)
+        onnxruntime={"providers": ["CPUExecutionProvider"]},
         host=LOOPBACK,
         grpc_port=grpc_port,
         gpu_sample_interval_s=0,
