@@ -9,13 +9,15 @@ explicitly. Without a gate record only fp32 is eligible for an automatic choice.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import logging
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -167,6 +169,21 @@ class ChoiceCache:
     def digest(key: Mapping[str, Any]) -> str:
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock beside the cache file (none where the directory is read-only)."""
+        try:
+            handle = self.path.with_name(f".{self.path.name}.lock").open("a")
+        except OSError:
+            yield
+            return
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _entries(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text())
@@ -298,21 +315,21 @@ def select_engine(
         return Selection(combo.backend, combo.precision, "only candidate", _score(combo, gate)), None
 
     cache_key_value = key(eligible) if key is not None else None
-    if cache is not None and cache_key_value is not None:
+    if cache is None or cache_key_value is None:
+        return _measure(source, eligible, gate, timer or _default_timer, None, None)
+    # One process times while the others wait and then read its choice: the detect API and the media
+    # server start together, and timing side by side would skew both measurements.
+    with cache.lock():
         hit = cache.get(cache_key_value)
         if hit is not None and hit[0] in eligible:
             combo, figures = hit
             log.info("auto engine: %s, cached in %s (%s)", combo, cache.path, _figures_text(combo, figures))
             return Selection(combo.backend, combo.precision, "cached", _score(combo, gate), figures), None
+        return _measure(source, eligible, gate, timer or _default_timer, cache, cache_key_value)
 
-    return _measure(
-        source,
-        eligible,
-        gate,
-        timer or (lambda e: time_engine(e, 0.5 / TIMING_ROUNDS)),
-        cache,
-        cache_key_value,
-    )
+
+def _default_timer(engine: Engine) -> float:
+    return time_engine(engine, 0.5 / TIMING_ROUNDS)
 
 
 def _figures_text(chosen: Combo, figures: Mapping[str, float]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,35 @@ def test_the_choice_is_cached_by_key(tmp_path: Path) -> None:
     # An unreadable cache is ignored, not fatal.
     cache.path.write_text("{not json")
     assert run(FakeSource(CPU_TABLE)).how == "measured"
+
+
+def test_servers_starting_together_time_once(tmp_path: Path) -> None:
+    # The detect API and the media server start at the same moment: one times, the other waits for the
+    # lock and reads its choice (without the lock both would find no entry and time side by side).
+    cache = ChoiceCache(tmp_path / CHOICE_FILENAME)
+    inside = threading.Event()
+
+    def slow_timer(engine: Any) -> float:
+        inside.set()
+        time.sleep(0.02)  # long enough for the other thread to reach the cache
+        return float(engine.ms)
+
+    results: list[str] = []
+
+    def start() -> None:
+        selection, _ = select_engine(
+            FakeSource(CPU_TABLE), gate=MEASURED, cache=cache, key=lambda combos: {"k": 1}, timer=slow_timer
+        )
+        results.append(selection.how)
+
+    first = threading.Thread(target=start)
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=start)
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert results == ["measured", "cached"]
 
 
 def test_cache_key_follows_machine_runtimes_model_and_options(
