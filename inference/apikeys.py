@@ -7,6 +7,7 @@ Callers send `Authorization: Bearer <key>`.
 
     python -m inference.apikeys new           # a new random key and its hash
     python -m inference.apikeys hash < key    # the hash of an existing key (read from stdin)
+    python -m inference.apikeys init-secrets  # secrets/ for docker compose: a key per client + the hashes
 """
 
 from __future__ import annotations
@@ -147,12 +148,56 @@ class ApiKeySettings(BaseSettings):
         return ApiKeys(self.all_key_hashes()) if self.auth else None
 
 
+DEFAULT_CLIENTS = ("ui", "prometheus")
+HASHES_FILE = "api_key_hashes"
+KEY_SUFFIX = "_api_key"
+
+
+def init_secrets(directory: Path, clients: Sequence[str] = DEFAULT_CLIENTS) -> list[Path]:
+    """Create `<client>_api_key` (a new key) for each client that has none yet, and rewrite
+    `api_key_hashes` from every `*_api_key` file in `directory`: the servers' list of accepted keys. Run it
+    again after adding or deleting a client's key file. Returns the files it wrote.
+
+    The directory is private to its owner (0700); the files are 0644 because compose bind-mounts each one
+    into a container whose user (Prometheus runs as nobody) is not the file's owner."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    written = []
+    for client in clients:
+        path = directory / f"{client}{KEY_SUFFIX}"
+        if not path.exists():
+            path.write_text(new_key() + "\n", encoding="utf-8")
+            path.chmod(0o644)
+            written.append(path)
+    lines = ["# sha256 of each accepted API key; written by `python -m inference.apikeys init-secrets`"]
+    for path in sorted(directory.glob(f"*{KEY_SUFFIX}")):
+        key = path.read_text(encoding="utf-8").strip()
+        if key:
+            lines.append(f"{hash_key(key)}  # {path.name}")
+    hashes = directory / HASHES_FILE
+    hashes.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    hashes.chmod(0o644)
+    written.append(hashes)
+    return written
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inference.apikeys", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("new", help="print a new random key and its SHA-256 hash")
     commands.add_parser("hash", help="print the hash of the key read from stdin")
+    init = commands.add_parser(
+        "init-secrets", help="create a key file per client (if missing) and the hashes file, for compose"
+    )
+    init.add_argument("directory", nargs="?", type=Path, default=Path("secrets"))
+    init.add_argument(
+        "--client", action="append", help=f"client names (default: {', '.join(DEFAULT_CLIENTS)})"
+    )
     args = parser.parse_args(argv)
+    if args.command == "init-secrets":
+        for path in init_secrets(args.directory, args.client or DEFAULT_CLIENTS):
+            print(f"wrote {path}")
+        return 0
     if args.command == "new":
         key = new_key()
         print(f"key:  {key}")

@@ -9,6 +9,7 @@
 #   RTDETECT_PORT              the detect API's port (default 8000)
 #   RTDETECT_MEDIA_PORT        the media server's port (default 8080)
 #   RTDETECT_DCGM_PORT         a local dcgm-exporter's port, if one runs (default 9400)
+#   RTDETECT_PROMETHEUS_API_KEY_FILE  a file holding the servers' API key, when they run with auth on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +24,11 @@ run_dir=.run/prometheus
 src=observability/prometheus
 mkdir -p "$run_dir/data"
 
-# Rule files are named relative to the config file: copy them beside the generated config.
+# Rule files are named relative to the config file: copy them beside the generated config. So is the file
+# with the servers' API key for /metrics: RTDETECT_PROMETHEUS_API_KEY_FILE when they run with auth on.
 cp "$src/recording_rules.yml" "$src/alert_rules.yml" "$run_dir/"
+mkdir -p "$run_dir/secrets"
+cp "${RTDETECT_PROMETHEUS_API_KEY_FILE:-$src/secrets/metrics_api_key}" "$run_dir/secrets/metrics_api_key"
 sed -e "s|\"backend:8000\"|\"localhost:${RTDETECT_PORT:-8000}\"|" \
     -e "s|\"media-server:8080\"|\"localhost:${RTDETECT_MEDIA_PORT:-8080}\"|" \
     -e "s|\"dcgm-exporter:9400\"|\"localhost:${RTDETECT_DCGM_PORT:-9400}\"|" \

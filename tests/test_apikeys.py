@@ -143,3 +143,29 @@ def test_rate_limiter_keeps_a_bounded_client_table() -> None:
     for i in range(10_000):
         limiter.take(f"ip:{i}")
     assert len(limiter) == 100
+
+
+def test_init_secrets_writes_keys_once_and_the_hashes_of_all(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    out = subprocess.run(
+        [sys.executable, "-m", "inference.apikeys", "init-secrets", str(secrets_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.count("wrote") == 3
+    ui_key = (secrets_dir / "ui_api_key").read_text().strip()
+    prometheus_key = (secrets_dir / "prometheus_api_key").read_text().strip()
+    assert ui_key.startswith("rtd_") and ui_key != prometheus_key
+    assert (secrets_dir.stat().st_mode & 0o777) == 0o700  # only its owner gets in
+    hashes = secrets_dir / "api_key_hashes"
+    assert sorted(parse_hashes(hashes.read_text())) == sorted([hash_key(ui_key), hash_key(prometheus_key)])
+
+    # Again, with one more client: existing keys are kept, the new one is added to the hashes.
+    from inference.apikeys import init_secrets
+
+    init_secrets(secrets_dir, ["ui", "prometheus", "scanner"])
+    assert (secrets_dir / "ui_api_key").read_text().strip() == ui_key
+    keys = _Settings(auth=True, api_keys_file=hashes).api_keys()
+    assert keys is not None and len(keys) == 3
+    assert keys.identify((secrets_dir / "scanner_api_key").read_text().strip()) is not None

@@ -11,44 +11,15 @@ import contextlib
 import json
 import select
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from engine_build.servers import LOOPBACK, free_port, server_process
+from tests.detect_api_process import fake_detect_api
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# `python -m detect_api` without the model: the same app factory and uvicorn options, a fake engine.
-LAUNCHER = """
-import asyncio, logging
-import uvicorn
-from detect_api.app import create_app
-from detect_api.limits import uvicorn_options
-from detect_api.settings import Settings
-from inference.pipeline import Detector
-from tests.detect_api_support import FAKE_SPEC, FakeEngine
-
-logging.basicConfig(level=logging.INFO)
-
-async def main() -> None:
-    settings = Settings()
-    detector = Detector(FakeEngine(), FAKE_SPEC, max_batch_size=1, max_delay_ms=0.0, max_queue=8)
-    await detector.start()
-    config = uvicorn.Config(
-        create_app(settings, detector=detector), host=settings.host, port=settings.port, log_config=None,
-        **uvicorn_options(settings),
-    )
-    await uvicorn.Server(config).serve()
-
-asyncio.run(main())
-"""
 
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.5
@@ -71,30 +42,16 @@ class Reply:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    port = free_port()
     env = {
-        "RTDETECT_HOST": LOOPBACK,
-        "RTDETECT_PORT": str(port),
-        "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0",
         "RTDETECT_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "RTDETECT_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         "RTDETECT_KEEP_ALIVE_TIMEOUT_S": str(KEEP_ALIVE_S),
         "RTDETECT_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "RTDETECT_MAX_HEADER_BYTES": "8192",
         "RTDETECT_MAX_UPLOAD_BYTES": "100000",
-        "PYTHONPATH": str(ROOT),
     }
-    log = tmp_path_factory.mktemp("detect_api_limits") / "server.log"
-    with server_process(
-        [sys.executable, "-c", LAUNCHER],
-        ready_url=f"http://{LOOPBACK}:{port}/readyz",
-        log_path=log,
-        env=env,
-        cwd=ROOT,
-        timeout_s=60,
-        stop_timeout_s=10,
-    ):
-        yield LOOPBACK, port
+    with fake_detect_api(env, tmp_path_factory.mktemp("detect_api_limits") / "server.log") as address:
+        yield address
 
 
 def connect(server: tuple[str, int]) -> socket.socket:

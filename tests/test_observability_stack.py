@@ -522,6 +522,7 @@ def stack(
         config_dir.mkdir()
         for name in RULE_FILES:
             shutil.copy(PROMETHEUS_DIR / name, config_dir / name)
+        shutil.copytree(PROMETHEUS_DIR / "secrets", config_dir / "secrets")  # the (empty) metrics key file
         config = config_dir / "prometheus.yml"
         config.write_text(
             _rewrite_targets(

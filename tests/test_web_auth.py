@@ -174,3 +174,17 @@ async def test_relay_offers_with_its_key_and_streams() -> None:
         finally:
             await asyncio.to_thread(relay.stop)
             assert await asyncio.to_thread(relay.wait_closed, 10)
+
+
+def test_ui_key_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ui_api_key"
+    path.write_text(UI_KEY + "\n")
+    monkeypatch.setenv("RTDETECT_UI_API_KEY_FILE", str(path))
+    monkeypatch.delenv("RTDETECT_UI_API_KEY", raising=False)
+    assert UiSettings().auth_headers() == {"Authorization": f"Bearer {UI_KEY}"}
+    monkeypatch.setenv("RTDETECT_UI_API_KEY", "rtd_from-env")  # the variable wins over the file
+    assert UiSettings().auth_headers() == {"Authorization": "Bearer rtd_from-env"}
+    monkeypatch.delenv("RTDETECT_UI_API_KEY")
+    assert UiSettings(api_key_file=None).auth_headers() == {}
+    with pytest.raises(ValueError, match="cannot read"):
+        UiSettings(api_key_file=tmp_path / "missing")

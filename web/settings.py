@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from inference.ice import IceServer, parse_ice_servers
@@ -23,6 +24,7 @@ class Settings(BaseSettings):
     # The UI's own API key (`python -m inference.apikeys new`), sent as `Authorization: Bearer` on every call
     # to both servers when they run with auth on; its hash goes into their api_key_hashes.
     api_key: SecretStr | None = None
+    api_key_file: Path | None = None  # or the key in a file (compose: a mounted secret); api_key wins
 
     # WebRTC. No public STUN by default: an explicit, possibly empty, list always reaches aiortc and the
     # browser (both fall back to a public STUN server when given none).
@@ -34,6 +36,17 @@ class Settings(BaseSettings):
     ice_host_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # How long the relay waits for the media server to answer and connect before the live page gives up.
     live_connect_timeout_s: float = Field(default=15.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _read_key_file(self) -> Self:
+        if self.api_key is None and self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ValueError(f"cannot read api_key_file {self.api_key_file}: {e.strerror}") from e
+            # Frozen model: set the field once, here, where the settings are read.
+            object.__setattr__(self, "api_key", SecretStr(key) if key else None)
+        return self
 
     def auth_headers(self) -> dict[str, str]:
         """The Authorization header for both servers; empty without a key."""
