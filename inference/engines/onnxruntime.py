@@ -17,7 +17,10 @@ from inference.spec import ModelSpec
 log = logging.getLogger("rtdetect.inference")
 
 # ONNX Runtime's input type strings -> numpy: a uint8-input model (normalisation in its graph) takes uint8.
-_INPUT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(uint8)": np.dtype(np.uint8)}
+_INPUT_TYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(uint8)": np.dtype(np.uint8),
+}
 # Largest batch offered when the model's batch axis is dynamic; the batcher's own limit is usually lower.
 DYNAMIC_MAX_BATCH = 64
 MAX_CONCURRENT_RUNS = 64
@@ -108,7 +111,7 @@ class OnnxRuntimeEngine:
             )
         input_type = inputs[self._input_name].type
         dtype = _INPUT_TYPES.get(input_type)
-        if dtype != np.dtype(self.spec.input_dtype):
+        if dtype is None or dtype != np.dtype(self.spec.input_dtype):
             raise ModelLoadError(
                 f"{self.model_path} takes {input_type} but model.json says input_format "
                 f"{self.spec.input_format!r} ({self.spec.input_dtype}): export it again with the spec it serves"
