@@ -23,13 +23,14 @@ GENERATED = ("detect_pb2.py", "detect_pb2.pyi", "detect_pb2_grpc.py")
 _ABSOLUTE_IMPORT = re.compile(r"^from rtdetect\.v1 import (\w+)", re.MULTILINE)
 
 
-def generate(out_dir: Path) -> dict[str, str]:
-    """Run protoc (grpcio-tools) into `out_dir`; the generated files' text by name."""
+def generate(out_dir: Path, proto_root: Path = PROTO_ROOT) -> dict[str, str]:
+    """Run protoc (grpcio-tools) on `proto_root`/rtdetect/v1/detect.proto into `out_dir`; the generated
+    files' text by name."""
     from grpc_tools import protoc
 
     args = [
         "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
+        f"-I{proto_root}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
@@ -44,24 +45,29 @@ def generate(out_dir: Path) -> dict[str, str]:
     return files
 
 
+def stale(proto_root: Path = PROTO_ROOT, target: Path = PROTO_ROOT / PROTO.parent) -> dict[str, str]:
+    """The generated files whose committed copy in `target` differs from what the .proto gives now."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = generate(Path(tmp), proto_root)
+    return {
+        name: text
+        for name, text in files.items()
+        if not (target / name).is_file() or (target / name).read_text() != text
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the committed files are stale")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        files = generate(Path(tmp))
     target = PROTO_ROOT / PROTO.parent
-    stale = [
-        name
-        for name, text in files.items()
-        if not (target / name).is_file() or (target / name).read_text() != text
-    ]
+    changed = stale()
     if args.check:
-        for name in stale:
+        for name in changed:
             print(f"{target / name} is stale: run python scripts/generate_proto.py", file=sys.stderr)
-        return 1 if stale else 0
-    for name in stale:
-        (target / name).write_text(files[name])
+        return 1 if changed else 0
+    for name, text in changed.items():
+        (target / name).write_text(text)
         print(f"wrote {target / name}")
     return 0
 
