@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.decoders import DECODERS
@@ -25,6 +26,8 @@ class BuildSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RTDETECT_", extra="ignore")
     model_dir: Path = default_model_dir()
+    # The accuracy gate: the least mAP@0.5:0.95 against FP32 a reduced precision must keep to be served.
+    gate_threshold: float = Field(default=0.90, ge=0.0, le=1.0)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -109,6 +112,21 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--force", action="store_true", help="rebuild even if a matching engine exists")
+
+    p = sub.add_parser(
+        "quantize", help="model.onnx -> model.int8.onnx, calibrated on real photos (static INT8)"
+    )
+    p.add_argument("--model-dir", type=Path, default=settings.model_dir)
+    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="entropy")
+    p.add_argument(
+        "--force", action="store_true", help="quantise again even if the record says it is current"
+    )
+
+    p = sub.add_parser(
+        "precision", help="the accuracy gate: every engine x precision here against FP32, writes gate.json"
+    )
+    p.add_argument("--model-dir", type=Path, default=settings.model_dir)
+    p.add_argument("--threshold", type=float, default=settings.gate_threshold, help="least mAP vs FP32")
     return parser
 
 
@@ -170,6 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             from engine_build.tensorrt import build_engine
 
             build_engine(args.model_dir, fp16=args.fp16, max_batch=args.max_batch, force=args.force)
+        elif args.command == "quantize":
+            from engine_build.quantize import quantize
+
+            quantize(args.model_dir, method=args.method, force=args.force)
+        elif args.command == "precision":
+            from engine_build.precision import run_gate
+
+            run_gate(args.model_dir, threshold=args.threshold)
     except (RtdetectError, RuntimeError, ValueError, OSError) as e:
         log.error("%s failed: %s", args.command, e)
         return 1
