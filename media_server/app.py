@@ -291,7 +291,7 @@ def create_app(
     )
     registry.register(PeerFramesCollector(lambda: ((p.id, p.media.stats()) for p in state.peers)))
     app = web.Application(
-        middlewares=[error_middleware, access_middleware(settings, state.peers)],  # media_server/auth.py
+        middlewares=[error_middleware, access_middleware(settings, state.peers, live_metrics)],  # auth.py
         client_max_size=settings.max_offer_bytes + 1,
     )
     app[STATE] = state

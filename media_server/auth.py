@@ -32,6 +32,7 @@ from inference.settings import split_list
 if TYPE_CHECKING:
     from media_server.peers import PeerRegistry
     from media_server.settings import Settings
+    from observability.live import LiveMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _error(status: int, error: str, detail: str, headers: dict[str, str] | None 
 class AccessGuard:
     """The state behind the middleware: keys, the TURN rate limiter, pending offers per client."""
 
-    def __init__(self, settings: Settings, peers: PeerRegistry) -> None:
+    def __init__(self, settings: Settings, peers: PeerRegistry, metrics: LiveMetrics) -> None:
         self.keys: ApiKeys | None = settings.api_keys()
         self.metrics_open = not settings.metrics_auth
         self.allowed_origins = frozenset(settings.allowed_origins)
@@ -87,8 +88,12 @@ class AccessGuard:
         self.retry_after_s = settings.retry_after_s
         self.turn_limiter = RateLimiter(settings.ice_rate_per_min / 60.0, settings.ice_rate_burst)
         self._peers = peers
+        self._metrics = metrics
         self._pending: dict[str, list[str]] = {}  # client -> peer ids answered for it
         self._answering: dict[str, int] = {}  # client -> offers being answered now
+
+    def rejected(self, reason: str) -> None:
+        self._metrics.offers_rejected.labels(reason=reason).inc()  # reasons: observability/live.py
 
     def needs_key(self, path: str) -> bool:
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
@@ -105,14 +110,17 @@ class AccessGuard:
 
     async def offer(self, request: web.Request, handler: Handler, client: str) -> web.StreamResponse:
         if request.content_type != "application/json":
+            self.rejected("not_json")
             return _error(
                 415, "unsupported_media_type", f"an offer is application/json, not {request.content_type!r}"
             )
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin, request.host):
             logger.warning("offer from origin %r refused (allowed_origins setting)", origin[:200])
+            self.rejected("forbidden_origin")
             return _error(403, "forbidden_origin", f"pages from {origin[:200]!r} may not start a stream here")
         if self.pending(client) >= self.max_pending:
+            self.rejected("too_many_pending")
             return _error(
                 429,
                 "too_many_pending_offers",
@@ -159,9 +167,9 @@ def _peer_id(response: web.StreamResponse) -> str | None:
     return str(peer_id) if peer_id is not None else None
 
 
-def access_middleware(settings: Settings, peers: PeerRegistry) -> Any:
+def access_middleware(settings: Settings, peers: PeerRegistry, metrics: LiveMetrics) -> Any:
     """The aiohttp middleware; put it after the error middleware (its answers are complete responses)."""
-    guard = AccessGuard(settings, peers)
+    guard = AccessGuard(settings, peers, metrics)
 
     @web.middleware
     async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -169,6 +177,9 @@ def access_middleware(settings: Settings, peers: PeerRegistry) -> Any:
         client: str | None = None
         if guard.keys is not None and guard.needs_key(path):
             token = bearer_token(request.headers.get("Authorization"))
+            client = guard.keys.identify(token) if token is not None else None
+            if client is None and path == "/offer":
+                guard.rejected("unauthorized")
             if token is None:
                 return _error(
                     401,
@@ -176,7 +187,6 @@ def access_middleware(settings: Settings, peers: PeerRegistry) -> Any:
                     "this server needs a key: send the header `Authorization: Bearer <key>`",
                     {"WWW-Authenticate": REALM},
                 )
-            client = guard.keys.identify(token)
             if client is None:
                 return _error(
                     401,

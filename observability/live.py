@@ -22,7 +22,18 @@ DETECTION_AGE_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7
 DROP_STAGES = ("inference", "output")  # the label values of frames_dropped, bounded
 # "rejected": the offer failed after the peer was created (e.g. no codec in common).
 CLOSE_REASONS = ("client", "ice_failed", "timeout", "shutdown", "error", "rejected")
-REJECT_REASONS = ("bad_offer", "too_large", "capacity", "not_ready")
+# The last four come from media_server/auth.py: no or a wrong key, not application/json, a foreign Origin,
+# too many offers of one client not connected yet.
+REJECT_REASONS = (
+    "bad_offer",
+    "too_large",
+    "capacity",
+    "not_ready",
+    "unauthorized",
+    "not_json",
+    "forbidden_origin",
+    "too_many_pending",
+)
 
 
 class LiveMetrics:

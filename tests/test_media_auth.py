@@ -64,6 +64,10 @@ async def call(
         return resp.status, body, resp.headers
 
 
+def rejected(s: RunningServer, reason: str) -> float | None:
+    return s.state.registry.get_sample_value("rtdetect_live_offers_rejected_total", {"reason": reason})
+
+
 PROTECTED = ["offer", "ice-servers", "config", "peers", "metrics", "unknown path"]
 
 
@@ -89,6 +93,8 @@ async def test_protected_entry_point_refuses_missing_and_wrong_keys(entry: str) 
             assert str(resp_headers["WWW-Authenticate"]).startswith("Bearer")
             assert "iceServers" not in body
         assert len(s.state.peers) == 0  # no refused offer made a peer
+        if entry == "offer":
+            assert rejected(s, "unauthorized") == 4
 
         status, body, _ = await call(http, method, s.url + path, headers=bearer(KEY), **kwargs)
         assert status == (404 if entry == "unknown path" else 200), body
@@ -140,6 +146,7 @@ async def test_offer_that_is_not_json_typed_is_415_and_makes_no_peer(content_typ
         )
         assert status == 415 and answer["error"] == "unsupported_media_type", answer
         assert len(s.state.peers) == 0
+        assert rejected(s, "not_json") == 1
 
 
 @pytest.mark.parametrize(
@@ -151,6 +158,7 @@ async def test_offer_from_a_foreign_origin_is_403_and_makes_no_peer(origin: str)
         status, answer, _ = await call(http, "POST", s.url + "/offer", json=offer, headers={"Origin": origin})
         assert status == 403 and answer["error"] == "forbidden_origin", answer
         assert len(s.state.peers) == 0
+        assert rejected(s, "forbidden_origin") == 1
 
 
 async def test_offer_from_the_same_origin_an_allowed_one_or_no_browser_is_answered() -> None:
@@ -183,6 +191,7 @@ async def test_pending_offers_per_key_are_limited_with_429() -> None:
         assert status == 429 and body["error"] == "too_many_pending_offers" and body["detail"], body
         assert headers["Retry-After"] == "3"
         assert len(s.state.peers) == 2
+        assert rejected(s, "too_many_pending") == 1
         # Another key is another client: the slots it takes are its own.
         assert (await post(OTHER_KEY))[0] == 200
         # The pending peers never connect: once the server closes them, the key may offer again.
