@@ -53,6 +53,21 @@ STREAM = "/rtdetect.v1.DetectService/DetectStream"
 LEVELS = (("REST /detect", 1), ("gRPC Detect", 1), ("REST /detect", 4), ("gRPC Detect", 4))
 
 
+# The CPU features that change inference speed (docs: ENVIRONMENT's "CPUs differ between machines").
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in _CPU_FLAGS if f in present) or "none of " + " ".join(_CPU_FLAGS)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def _progress(msg: str) -> None:
     print(f"[grpc_bench] {msg}", file=sys.stderr, flush=True)
 
@@ -229,7 +244,7 @@ def report(
     lines = [
         "## gRPC and REST side by side (`python -m tools.grpc_bench`)",
         "",
-        f"Machine: {machine_description()}. Model: {spec.name} ({spec.input_width}x{spec.input_height}), "
+        f"Machine: {machine_description()}, CPU flags: {cpu_flags()}, inference on the CPU. Model: {spec.name} ({spec.input_width}x{spec.input_height}), "
         f"ONNX Runtime FP32, intra-op threads: {threads or 'all cores'}; the server as it ships (batch "
         f"{batch}, {workers} in flight). One detect API process serves both protocols on one Detector; "
         f"the client runs on the same cores. {rounds} rounds of {requests} requests per level, levels in "
