@@ -4,8 +4,10 @@ whose close fails, and offers naming hundreds of ICE candidates. Real aiortc off
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import os
 import random
 import socket
 import time
@@ -173,6 +175,8 @@ async def test_sdp_fuzz_gives_no_5xx_and_leaks_no_peer(photos: dict[str, np.ndar
                 else:
                     assert body["error"] == "invalid_offer" and body["detail"], (name, body)
 
+        await server.state.peers.wait_empty(30)
+        fds_before = len(os.listdir("/proc/self/fd"))
         rng = random.Random(20261204)
         lines = sdp.split("\r\n")
         statuses: dict[int, int] = {}
@@ -198,6 +202,10 @@ async def test_sdp_fuzz_gives_no_5xx_and_leaks_no_peer(photos: dict[str, np.ndar
             registry.get_sample_value("rtdetect_live_peers_closed_total", {"reason": "rejected"}) or 0
         )
         assert closed == answered + statuses.get(200, 0) + rejected_after_creation
+        # Their sockets went with them (aiortc's close raised for some of them).
+        await asyncio.sleep(0.5)
+        gc.collect()
+        assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
 
         # The server still serves a good offer.
         await _good_peer_works(server, http, photos["astronaut"])
