@@ -140,3 +140,72 @@ async def test_chromium_page_asks_for_the_key_once_and_streams_with_it(
             assert not await page.evaluate("() => window.rtdetect.keyRequested")
         finally:
             await browser.close()
+
+
+async def test_a_page_on_another_site_cannot_start_a_stream(tmp_path: Path) -> None:
+    """Real Chromium on a page of another origin (auth off, as `make run` serves): the "simple" text/plain
+    POST the browser sends without asking is refused (415), the JSON one needs a CORS preflight the server
+    never grants; no peer is created either way."""
+    chromium = require_chromium()
+    from aiohttp import web
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.mediastreams import VideoStreamTrack
+    from playwright import async_api as playwright_api
+
+    from tests.media_support import LOOPBACK, FakeDetector
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTrack(VideoStreamTrack())
+    pc.createDataChannel("detections")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp  # a valid offer: before the guards, the simple POST made a peer from it
+    await pc.close()
+
+    async def elsewhere(_: web.Request) -> web.Response:
+        return web.Response(text="<html><body>elsewhere</body></html>", content_type="text/html")
+
+    other_site = web.Application()
+    other_site.router.add_get("/", elsewhere)
+    runner = web.AppRunner(other_site)
+    await runner.setup()
+    site = web.TCPSite(runner, LOOPBACK, 0)
+    await site.start()
+    other_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with (
+            running_server(loopback_settings(), FakeDetector()) as server,
+            playwright_api.async_playwright() as pw,
+        ):
+            browser = await pw.chromium.launch(**chromium_launch_options(executable=chromium))
+            try:
+                page = await browser.new_page()
+                await page.goto(f"http://{LOOPBACK}:{other_port}/")
+                outcome = await page.evaluate(
+                    """async ([target, sdp]) => {
+                        const body = JSON.stringify({ sdp, type: "offer" });
+                        const out = {};
+                        try {
+                          await fetch(target + "/offer", { method: "POST", mode: "no-cors",
+                            headers: { "Content-Type": "text/plain" }, body });
+                          out.simple = "sent";
+                        } catch (e) { out.simple = "failed: " + e; }
+                        try {
+                          await fetch(target + "/offer", { method: "POST",
+                            headers: { "Content-Type": "application/json" }, body });
+                          out.json = "answered";
+                        } catch (e) { out.json = "blocked"; }
+                        return out;
+                    }""",
+                    [server.url, sdp],
+                )
+            finally:
+                await browser.close()
+            # The simple POST did reach the server (an opaque answer), and was refused there.
+            assert outcome == {"simple": "sent", "json": "blocked"}, outcome
+            assert len(server.state.peers) == 0  # it used to make one
+            rejected = server.state.registry.get_sample_value(
+                "rtdetect_live_offers_rejected_total", {"reason": "not_json"}
+            )
+            assert rejected == 1
+    finally:
+        await runner.cleanup()
