@@ -107,9 +107,15 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=9, help="rounds over the /detect levels (median reported)")
     p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
 
-    p = sub.add_parser("tensorrt", help="model.onnx -> model.engine with TensorRT (needs an NVIDIA GPU)")
+    p = sub.add_parser(
+        "tensorrt", help="model.onnx -> model.<precision>.engine with TensorRT (needs an NVIDIA GPU)"
+    )
     p.add_argument("--model-dir", type=Path, default=settings.model_dir)
     p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--precision", action="append", choices=["fp32", "fp16", "int8"],
+        help="engine(s) to build, model.<precision>.engine; repeat for several (default: fp16, or fp32 with --no-fp16)",
+    )  # fmt: skip
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--force", action="store_true", help="rebuild even if a matching engine exists")
 
@@ -187,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tensorrt":
             from engine_build.tensorrt import build_engine
 
-            build_engine(args.model_dir, fp16=args.fp16, max_batch=args.max_batch, force=args.force)
+            for precision in args.precision or ["fp16" if args.fp16 else "fp32"]:
+                build_engine(args.model_dir, precision=precision, max_batch=args.max_batch, force=args.force)
         elif args.command == "quantize":
             from engine_build.quantize import quantize
 

@@ -82,6 +82,7 @@ def quantize(
     keep_head_float: bool = True,
     head_convs_float: bool = False,
     activations: str = "uint8",
+    output_file: str | None = None,
     force: bool = False,
 ) -> Path:
     """Write model.int8.onnx (+ model.int8.json) beside model.onnx; returns its path.
@@ -107,7 +108,7 @@ def quantize(
     onnx_path = model_dir / spec.onnx_file
     if not onnx_path.is_file():
         raise ModelLoadError(f"{onnx_path} is missing: run `python -m engine_build export` first")
-    out_path = model_dir / int8_onnx_file(spec.onnx_file)
+    out_path = model_dir / (output_file or int8_onnx_file(spec.onnx_file))
     chosen = list(photos) if photos is not None else calibration_photos()
     if not chosen:
         raise ValueError("no calibration photos")
