@@ -33,19 +33,26 @@ class RateLimitedLog:
         # key -> (time of the last line, occurrences not logged since)
         self._state: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
 
-    def log(self, level: int, key: Hashable, msg: str, *args: Any, **kwargs: Any) -> bool:
-        """Log `msg % args` unless a line for `key` went out less than `interval_s` ago; True when logged.
-        A logged line after suppressed ones ends with "(N more since the last report)"."""
+    def admit(self, key: Hashable) -> int | None:
+        """None when a line for `key` went out less than `interval_s` ago (this one is counted instead);
+        otherwise how many were left out since that line: the caller reports now."""
         now = self._clock()
         last = self._state.get(key)
         if last is not None and now - last[0] < self.interval_s:
             self._state[key] = (last[0], last[1] + 1)
-            return False
-        suppressed = last[1] if last is not None else 0
+            return None
         self._state[key] = (now, 0)
         self._state.move_to_end(key)
         while len(self._state) > self._max_keys:
             self._state.popitem(last=False)
+        return last[1] if last is not None else 0
+
+    def log(self, level: int, key: Hashable, msg: str, *args: Any, **kwargs: Any) -> bool:
+        """Log `msg % args` unless a line for `key` went out less than `interval_s` ago; True when logged.
+        A logged line after suppressed ones ends with "(N more since the last report)"."""
+        suppressed = self.admit(key)
+        if suppressed is None:
+            return False
         if suppressed:
             msg = f"{msg} (%d more since the last report)"
             args = (*args, suppressed)

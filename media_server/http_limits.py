@@ -126,17 +126,27 @@ class ConnectionGuard:
         handler.force_close()
 
 
-def accept_error_handler(
+def loop_error_handler(
     limited: RateLimitedLog, fallback: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None
 ) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
-    """A loop exception handler that logs accept errors at the descriptor limit once per interval (asyncio
-    retries the accept every second, and every failing peer socket adds its own report)."""
+    """A loop exception handler: what reaches the loop has nowhere else to go, and clients can repeat it at
+    will (asyncio retries a failing accept every second at the descriptor limit; aiortc's connect task fails
+    when a peer is closed mid-connect). Each kind (message and exception type) is reported once per
+    interval, with a count; the report itself is the previous handler's (asyncio's: with the traceback)."""
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS:
             limited.error(("accept", exc.errno), "%s: %s", context.get("message", "accept failed"), exc)
             return
+        suppressed = limited.admit(("loop", context.get("message"), type(exc).__name__))
+        if suppressed is None:
+            return
+        if suppressed:
+            context = {
+                **context,
+                "message": f"{context.get('message')} ({suppressed} more since the last report)",
+            }
         if fallback is not None:
             fallback(loop, context)
         else:
@@ -191,7 +201,7 @@ async def start_http(
     guard.install(runner.server)
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
-    loop.set_exception_handler(accept_error_handler(limited, previous))
+    loop.set_exception_handler(loop_error_handler(limited, previous))
     try:
         site = web.TCPSite(
             runner,
