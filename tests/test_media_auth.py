@@ -219,3 +219,18 @@ async def test_turn_credentials_are_rate_limited_per_key() -> None:
             assert 1 <= int(headers["Retry-After"]) <= 10
         assert (await call(http, "GET", s.url + "/ice-servers", headers=bearer(OTHER_KEY)))[0] == 200
         assert (await call(http, "GET", s.url + "/peers", headers=bearer(KEY)))[0] == 200  # not limited
+
+
+def test_allowed_origins_setting() -> None:
+    settings = loopback_settings(allowed_origins="https://Live.Example.com:8443/, http://10.0.0.5:8080")
+    assert settings.allowed_origins == ["https://live.example.com:8443", "http://10.0.0.5:8080"]
+    for bad in ("*", "live.example.com", "https://live.example.com/path", "file:///x"):
+        with pytest.raises(ValueError, match="allowed_origins"):
+            loopback_settings(allowed_origins=bad)
+
+
+async def test_an_allowed_origin_matches_whatever_its_case() -> None:
+    async with server(auth=False, api_key_hashes=[], allowed_origins="https://live.example.com") as (s, http):
+        offer = {"sdp": await offer_sdp(), "type": "offer"}
+        headers = {"Origin": "https://LIVE.example.com"}
+        assert (await call(http, "POST", s.url + "/offer", json=offer, headers=headers))[0] == 200
