@@ -191,6 +191,12 @@ class PeerSession:
         except (ValueError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             self.messages_invalid += 1
             self.send({"type": "error", "detail": f"{type(e).__name__}: {e}"[:200]})
+        except Exception as e:  # a bug here must cost the client an error reply, never its connection
+            self.messages_invalid += 1
+            self._registry.error_log.error(
+                ("message", type(e).__name__), "peer %s: data-channel message failed", self.id, exc_info=e
+            )
+            self.send({"type": "error", "detail": "the server could not handle this message"})
 
     def _message_invalid(self, reason: str) -> None:
         """A text message that is not UTF-8: aiortc would raise decoding it; dropped and answered instead."""
@@ -277,7 +283,7 @@ class PeerSession:
             try:
                 await self.pc.close()
             except Exception as e:  # a half-made connection; the peer is gone all the same and is counted
-                self._registry.close_errors.error(
+                self._registry.error_log.error(
                     type(e).__name__, "peer %s: closing the connection failed: %r", self.id, e, exc_info=e
                 )
             self._channel = None
@@ -314,8 +320,9 @@ class PeerRegistry:
     def __init__(self, max_peers: int, metrics: LiveMetrics, *, error_log_interval_s: float = 10.0) -> None:
         self.max_peers = max_peers
         self._metrics = metrics
-        # aiortc's close can itself fail on a half-made connection: one line per kind per interval.
-        self.close_errors = RateLimitedLog(logger, error_log_interval_s)
+        # Failures the peers cannot pass on (aiortc's close failing on a half-made connection, a data-channel
+        # handler bug): one line per kind per interval.
+        self.error_log = RateLimitedLog(logger, error_log_interval_s)
         self._peers: dict[str, PeerSession] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._empty = asyncio.Event()
