@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -33,6 +34,25 @@ FORMATS: tuple[InputFormat, ...] = ("float", "uint8-nhwc", "uint8-nchw")
 # Both servers on the same engine (the comparison is the input format, not the engine choice); no gRPC port,
 # so two servers can run at once.
 SERVER_ENV = {"RTDETECT_BACKEND": "onnxruntime", "RTDETECT_GRPC_PORT": "0"}
+
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def machine() -> str:
+    """The bench's machine line, plus the CPU flags that matter and the cores this process may use."""
+    try:
+        words = set(
+            next(
+                ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")
+            ).split()
+        )
+    except (OSError, StopIteration):
+        words = set()
+    flags = " ".join(f for f in FLAGS if f in words) or "none of " + ", ".join(FLAGS)
+    usable = len(os.sched_getaffinity(0))
+    pinned = f"; pinned to {usable} of them" if usable < (os.cpu_count() or usable) else ""
+    return f"{machine_description()}{pinned}; CPU flags: {flags}"
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -140,7 +160,7 @@ def run(model_dir: Path, uint8_dir: Path | None, *, iterations: int, requests: i
 
     u8 = u8_spec.input_format
     lines = [
-        f"Machine: {machine_description()}. Model: {spec.name} ({spec.input_width}x{spec.input_height}, "
+        f"Machine: {machine()}. Model: {spec.name} ({spec.input_width}x{spec.input_height}, "
         f"{spec.resize}), one 640x480 photo; ONNX Runtime CPU, intra-op threads: {threads or 'all cores'}.",
         "",
         "Pre-processing one image as `Detector.prepare` does (a fresh tensor), "
