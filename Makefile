@@ -86,9 +86,9 @@ test: setup lint pytest
 # Both benchmarks write their own section of docs/benchmarks.md (about 20 minutes in all).
 bench: setup
 	$(BIN)/python -m engine_build bench --model-dir $(MODEL_DIR)
-	$(BIN)/python -m media_server.bench --peers 1 --seconds 300 --fps 30
-	$(BIN)/python -m media_server.bench --peers 2 --seconds 60 --fps 30
-	$(BIN)/python -m media_server.bench --peers 1 --seconds 60 --fps 30 --engine-delay-ms 50
+	$(BIN)/python -m tools.bench --peers 1 --seconds 300 --fps 30
+	$(BIN)/python -m tools.bench --peers 2 --seconds 60 --fps 30
+	$(BIN)/python -m tools.bench --peers 1 --seconds 60 --fps 30 --engine-delay-ms 50
 
 clean:
 	rm -rf $(VENV) .make .mypy_cache .ruff_cache .pytest_cache *.egg-info

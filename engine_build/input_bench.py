@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 
 from engine_build.bench import _api_server, _drive_detect, _progress, machine_description, write_section
-from engine_build.servers import LOOPBACK, free_port
 from inference.engines import Engine, create_engine
 from inference.preprocess import preprocess_one
 from inference.spec import InputFormat, ModelSpec
+from tools.servers import LOOPBACK, free_port
 
 SECTION = "input-format"
 FORMATS: tuple[InputFormat, ...] = ("float", "uint8-nhwc", "uint8-nchw")

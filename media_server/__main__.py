@@ -37,11 +37,10 @@ def main() -> int:
         info = app[STATE].detector.info()
         shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
         logger.info(
-            "model %s: backend %s, provider %s; pipeline %s, backpressure %s, max %d peers",
+            "model %s: backend %s, provider %s; backpressure %s, max %d peers",
             info["name"],
             info["backend"],
             info["provider"],
-            settings.pipeline.value,
             settings.backpressure.value,
             settings.max_peers,
         )

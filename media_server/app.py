@@ -20,18 +20,19 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from inference.engines import Engine
 from inference.errors import ModelLoadError, OverloadedError
-from inference.ice import HostAddressOverride
 from inference.types import DetectParams
 from media_server.auth import access_middleware
 from media_server.detector import DetectorLike, build_detector
 from media_server.ice import client_ice_servers, server_rtc_configuration
 from media_server.peers import OfferError, PeerRegistry, PeerSession, check_offer_sdp
-from media_server.settings import PipelineMode, Settings
-from media_server.track import LivePipeline, NaivePipeline, PeerMedia
+from media_server.settings import Settings
+from media_server.track import LivePipeline, PeerMedia
 from observability.gpu import GpuSampler
 from observability.live import LiveMetrics, PeerFramesCollector
 from observability.metrics import InferenceMetrics, PrometheusObserver, new_registry, render
+from rtc.ice import HostAddressOverride
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,25 @@ class ServerState:
     peers: PeerRegistry
     executor: ThreadPoolExecutor
     host_addresses: HostAddressOverride
+    media_factory: MediaFactory
 
 
+# Builds each new peer's pipeline: rtdetect's live pipeline; the benchmark swaps in its baseline.
+MediaFactory = Callable[[ServerState, DetectParams], PeerMedia]
 STATE = web.AppKey("rtdetect_state", ServerState)
+
+
+def live_media(state: ServerState, params: DetectParams) -> PeerMedia:
+    settings = state.settings
+    return LivePipeline(
+        state.detector,
+        state.metrics,
+        params=params,
+        policy=settings.backpressure,
+        buffer_size=settings.buffer_size,
+        max_detection_age_s=settings.max_detection_age_ms / 1e3,
+        executor=state.executor,
+    )
 
 
 # --- errors: the one place that maps them to HTTP -------------------------------------------------------
@@ -171,19 +188,7 @@ async def offer(request: web.Request) -> web.Response:
 
     params = DetectParams(score_threshold=settings.score_threshold)
     pc = RTCPeerConnection(configuration=server_rtc_configuration(settings))
-    media: PeerMedia
-    if settings.pipeline is PipelineMode.NAIVE:
-        media = NaivePipeline(state.detector, state.metrics, params=params)
-    else:
-        media = LivePipeline(
-            state.detector,
-            state.metrics,
-            params=params,
-            policy=settings.backpressure,
-            buffer_size=settings.buffer_size,
-            max_detection_age_s=settings.max_detection_age_ms / 1e3,
-            executor=state.executor,
-        )
+    media = state.media_factory(state, params)
     session = PeerSession(pc, media, settings=settings, metrics=state.metrics, registry=state.peers)
     if not state.peers.try_add(
         session
@@ -261,15 +266,25 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 def create_app(
-    settings: Settings, *, detector: DetectorLike | None = None, registry: CollectorRegistry | None = None
+    settings: Settings,
+    *,
+    detector: DetectorLike | None = None,
+    registry: CollectorRegistry | None = None,
+    wrap_engine: Callable[[Engine], Engine] | None = None,
+    media_factory: MediaFactory = live_media,
 ) -> web.Application:
-    """The media server app. Pass `detector` to share one (it is then neither started nor closed here)."""
+    """The media server app. Pass `detector` to share one (it is then neither started nor closed here).
+
+    `wrap_engine` and `media_factory` are the benchmark's seams (tools.bench_server): an engine with an
+    artificial delay, the naive baseline pipeline."""
     registry = registry if registry is not None else new_registry()
     live_metrics = LiveMetrics(registry)
     inference_metrics = InferenceMetrics(registry, fps_window_s=settings.fps_window_s)
     owns_detector = detector is None
     if detector is None:
-        detector = build_detector(settings, observer=PrometheusObserver(inference_metrics))
+        detector = build_detector(
+            settings, observer=PrometheusObserver(inference_metrics), wrap_engine=wrap_engine
+        )
     interval = settings.gpu_sample_interval_s
     state = ServerState(
         settings=settings,
@@ -288,6 +303,7 @@ def create_app(
             max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="rtdetect-frames"
         ),
         host_addresses=HostAddressOverride(settings.ice_host_addresses),
+        media_factory=media_factory,
     )
     registry.register(PeerFramesCollector(lambda: ((p.id, p.media.stats()) for p in state.peers)))
     app = web.Application(

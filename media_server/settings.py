@@ -11,11 +11,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from inference.ice import IceServer, parse_ice_servers
 from inference.settings import ServingSettings, split_list
 from inference.types import DetectParams
 from media_server.auth import MediaAuthSettings  # API keys, origins, per-client limits
 from media_server.turn import validate_ice_url
+from rtc.ice import IceServer, parse_ice_servers
 
 _DEFAULTS = DetectParams()
 
@@ -28,13 +28,6 @@ class BackpressurePolicy(StrEnum):
 
     LATEST = "latest"  # keep only the newest frame: lowest detection age, the default
     DROP_OLDEST = "drop_oldest"  # a small FIFO (`buffer_size`); when full, the oldest frame is dropped
-
-
-class PipelineMode(StrEnum):
-    DETECT = "detect"  # rtdetect's pipeline: reader task + shared batcher + thin track
-    # The benchmark's baseline only: inference inline in the track's recv(), as aiortc's example server
-    # does. Its latency grows without limit when inference is slower than the camera.
-    NAIVE = "naive"
 
 
 class Settings(ServingSettings, MediaAuthSettings):
@@ -85,16 +78,12 @@ class Settings(ServingSettings, MediaAuthSettings):
     error_log_interval_s: float = Field(default=10.0, gt=0.0)
 
     # The live pipeline.
-    pipeline: PipelineMode = PipelineMode.DETECT
     backpressure: BackpressurePolicy = BackpressurePolicy.LATEST
     buffer_size: int = Field(default=2, ge=1, le=30)  # drop_oldest only
     score_threshold: float = Field(default=_DEFAULTS.score_threshold, ge=0.0, le=1.0)
     # Boxes older than this (relative to the frame they would be drawn on) are not drawn: a stalled
     # engine must not leave stale boxes frozen over live video.
     max_detection_age_ms: float = Field(default=1000.0, gt=0.0)
-    # Test and benchmark only: sleep this long in every engine call, to simulate an engine slower than the
-    # frame interval.
-    engine_delay_ms: float = Field(default=0.0, ge=0.0)
 
     @field_validator("ice_servers", mode="before")
     @classmethod

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine_build.servers import LOOPBACK, free_port, server_process
+from tools.servers import LOOPBACK, free_port, server_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -82,9 +82,10 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(
-    settings: Settings, detector: DetectorLike | None = None
+    settings: Settings, detector: DetectorLike | None = None, **app_options: Any
 ) -> AsyncIterator[RunningServer]:
-    app = create_app(settings, detector=detector)
+    """`app_options`: create_app's keywords (the benchmark's seams: wrap_engine, media_factory)."""
+    app = create_app(settings, detector=detector, **app_options)
     if detector is not None and not detector.ready:
         await detector.start()
     # The server's own HTTP limits (read deadlines, connection cap), as `python -m media_server` runs it.

@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine_build.servers import LOOPBACK, free_port, tail
 from tests.browser import chromium_launch_options, photo_clip, require_chromium
 from tests.web_servers import ROOT, detect_api, media_server, streamlit_ui
+from tools.servers import LOOPBACK, free_port, tail
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ from detect_api.app import create_app
 from detect_api.client import AsyncDetectClient, DetectError, image_message
 from detect_api.proto import detect_pb2 as pb
 from detect_api.settings import Settings
-from engine_build.servers import LOOPBACK, free_port, get_json, tail
 from inference.pipeline import Detector
 from tests.detect_api_support import FAKE_SPEC, FakeEngine, encode, serve
 from tests.test_front import CADDYFILE, caddy_env, require_caddy
+from tools.servers import LOOPBACK, free_port, get_json, tail
 
 pytestmark = pytest.mark.asyncio
 

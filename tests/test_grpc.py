@@ -21,7 +21,6 @@ from detect_api.app import create_app
 from detect_api.client import AsyncDetectClient, DetectClient, DetectError, image_message
 from detect_api.proto import detect_pb2 as pb
 from detect_api.settings import Settings
-from engine_build.servers import LOOPBACK, free_port
 from inference.pipeline import Detector
 from tests.detect_api_support import (
     FAKE_SPEC,
@@ -35,6 +34,7 @@ from tests.detect_api_support import (
 )
 from tests.grpc_support import GRPC_FOR_HTTP, ReflectionClient, error_code
 from tests.test_detect_api_errors import BAD_UPLOADS
+from tools.servers import LOOPBACK, free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

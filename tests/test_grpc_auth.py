@@ -18,11 +18,11 @@ from detect_api.client import AsyncDetectClient, DetectError, image_message
 from detect_api.proto import detect_pb2 as pb
 from detect_api.proto import detect_pb2_grpc as pb_grpc
 from detect_api.settings import Settings
-from engine_build.servers import LOOPBACK, free_port
 from inference.apikeys import hash_key, new_key
 from inference.pipeline import Detector
 from tests.detect_api_support import FAKE_SPEC, FakeEngine, encode, metric_value, serve
 from tests.grpc_support import ReflectionClient, error_code
+from tools.servers import LOOPBACK, free_port
 
 pytestmark = pytest.mark.asyncio
 

@@ -8,9 +8,9 @@ import aiohttp
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from media_server.synthetic import SyntheticPeer
 from observability.live import PeerFramesCollector
 from tests.media_support import loopback_settings, running_server
+from tools.synthetic import SyntheticPeer
 
 
 def test_collector_reports_each_live_peer_by_direction() -> None:

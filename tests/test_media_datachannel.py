@@ -13,8 +13,8 @@ from aiortc.rtcsctptransport import WEBRTC_STRING
 from inference.types import Detection
 from media_server.datachannel import ADVERTISED_MAX_MESSAGE_SIZE
 from media_server.peers import PeerSession
-from media_server.synthetic import SyntheticPeer
 from tests.media_support import FakeDetector, RunningServer, loopback_settings, running_server
+from tools.synthetic import SyntheticPeer
 
 PERSON = Detection(0, "person", 0.9, (100.0, 60.0, 400.0, 420.0))
 

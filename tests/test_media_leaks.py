@@ -17,9 +17,9 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from media_server.peers import PeerSession
-from media_server.synthetic import SyntheticPeer
 from media_server.track import LivePipeline
 from tests.media_support import loopback_settings, running_server
+from tools.synthetic import SyntheticPeer
 
 CYCLES = 50
 # The first connections fill caches and thread pools for good, and the batcher keeps its last batch: the

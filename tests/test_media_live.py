@@ -14,8 +14,10 @@ import aiohttp
 import numpy as np
 import pytest
 
-from media_server.synthetic import SyntheticPeer, strip_height
 from tests.media_support import loopback_settings, running_server
+from tools.bench_server import slow_wrapper
+from tools.naive import naive_media
+from tools.synthetic import SyntheticPeer, strip_height
 
 FPS = 30.0
 
@@ -100,8 +102,11 @@ async def test_slow_engine_keeps_output_rate_and_latency_and_counts_drops(
     model_dir: Path, photos: dict[str, np.ndarray]
 ) -> None:
     # 150 ms per engine call: under five inferences per second against 30 frames per second.
-    settings = loopback_settings(model_dir=model_dir, engine_delay_ms=150.0)
-    async with running_server(settings) as server, aiohttp.ClientSession() as http:
+    settings = loopback_settings(model_dir=model_dir)
+    async with (
+        running_server(settings, wrap_engine=slow_wrapper(150.0)) as server,
+        aiohttp.ClientSession() as http,
+    ):
         peer = SyntheticPeer(server.url, photos["astronaut"], fps=FPS)
         try:
             await peer.connect(http)
@@ -133,8 +138,9 @@ async def test_slow_engine_keeps_output_rate_and_latency_and_counts_drops(
 @pytest.mark.slow
 async def test_naive_baseline_latency_grows(model_dir: Path, photos: dict[str, np.ndarray]) -> None:
     """The benchmark's baseline really shows the failure rtdetect avoids: inference inline in recv()."""
-    settings = loopback_settings(model_dir=model_dir, engine_delay_ms=60.0, pipeline="naive")
-    async with running_server(settings) as server, aiohttp.ClientSession() as http:
+    settings = loopback_settings(model_dir=model_dir)
+    options = {"wrap_engine": slow_wrapper(60.0), "media_factory": naive_media}
+    async with running_server(settings, **options) as server, aiohttp.ClientSession() as http:
         peer = SyntheticPeer(server.url, photos["astronaut"], fps=FPS)
         try:
             await peer.connect(http)

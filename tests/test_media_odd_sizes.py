@@ -17,8 +17,8 @@ from av import VideoFrame
 from inference.types import Detection
 from media_server.frames import i420_array, normalize, to_bgr
 from media_server.overlay import render_overlay
-from media_server.synthetic import NumberedTrack
 from tests.media_support import FakeDetector, RunningServer, loopback_settings, running_server
+from tools.synthetic import NumberedTrack
 
 SIZES = [(480, 270), (640, 478), (641, 479), (642, 270), (320, 182)]
 # Inside every size above, so the overlay draws it whatever frame it lands on.

@@ -20,8 +20,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import VideoStreamTrack
 
 from media_server.peers import cap_remote_candidates
-from media_server.synthetic import SyntheticPeer
 from tests.media_support import LOOPBACK, FakeDetector, RunningServer, loopback_settings, running_server
+from tools.synthetic import SyntheticPeer
 
 # Linux's value; Python's socket module does not export it everywhere.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)

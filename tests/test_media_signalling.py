@@ -14,8 +14,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from inference.types import Detection
-from media_server.synthetic import SyntheticPeer
 from tests.media_support import FakeDetector, loopback_settings, running_server
+from tools.synthetic import SyntheticPeer
 
 PERSON = Detection(0, "person", 0.9, (100.0, 60.0, 400.0, 420.0))
 

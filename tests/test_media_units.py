@@ -19,9 +19,7 @@ from av import VideoFrame
 from pydantic import ValidationError
 
 from inference.draw import draw_detections
-from inference.ice import HostAddressOverride
 from inference.types import Detection
-from media_server.detector import SlowEngine
 from media_server.frames import normalize, to_bgr
 from media_server.ice import (
     announce_addresses,
@@ -31,8 +29,10 @@ from media_server.ice import (
 from media_server.overlay import render_overlay
 from media_server.peers import OfferError, check_offer_sdp
 from media_server.settings import BackpressurePolicy, Settings
-from media_server.synthetic import NumberedTrack, compose_background, frame_luma, read_number, stamp_number
 from media_server.track import DropBuffer
+from rtc.ice import HostAddressOverride
+from tools.slow_engine import SlowEngine
+from tools.synthetic import NumberedTrack, compose_background, frame_luma, read_number, stamp_number
 
 DETECTIONS = (
     Detection(0, "person", 0.87, (40.0, 30.0, 300.0, 400.0)),

@@ -39,10 +39,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from detect_api.client import AsyncDetectClient, DetectError
-from engine_build.servers import free_port
-from inference.ice import HostAddressOverride
-from media_server.synthetic import SyntheticPeer
 from observability.gpu import GpuSampler
+from rtc.ice import HostAddressOverride
+from tools.servers import free_port
+from tools.synthetic import SyntheticPeer
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS_DIR = ROOT / "observability" / "prometheus"

@@ -19,12 +19,12 @@ from aiohttp import web
 
 from detect_api.app import create_app
 from detect_api.settings import Settings
-from engine_build.servers import LOOPBACK, free_port
 from inference.pipeline import Detector
 from media_server.app import create_app as create_media_app
 from tests.browser import chromium_launch_options, require_chromium
 from tests.detect_api_support import FAKE_SPEC, FakeEngine
 from tests.media_support import FakeDetector, loopback_settings
+from tools.servers import LOOPBACK, free_port
 
 
 @asynccontextmanager

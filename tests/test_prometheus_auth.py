@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from engine_build.servers import LOOPBACK, free_port
 from inference.apikeys import hash_key, new_key
 from tests.detect_api_process import fake_detect_api
 from tests.media_support import FakeDetector, loopback_settings, running_server
+from tools.servers import LOOPBACK, free_port
 
 pytestmark = pytest.mark.slow
 

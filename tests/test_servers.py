@@ -1,4 +1,4 @@
-"""The subprocess launcher the benchmarks and the UI tests share (engine_build/servers.py)."""
+"""The subprocess launcher the benchmarks and the UI tests share (tools/servers.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine_build.servers import LOOPBACK, free_port, get_json, server_process
+from tools.servers import LOOPBACK, free_port, get_json, server_process
 
 
 def test_waits_for_the_ready_url_and_stops_the_server(tmp_path: Path) -> None:

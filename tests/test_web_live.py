@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import requests
 
-from engine_build.servers import tail
 from tests.browser import chromium_launch_options, photo_clip, require_chromium
 from tests.web_servers import LOOPBACK, media_server, streamlit_ui
+from tools.servers import tail
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

@@ -12,9 +12,9 @@ import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from av import VideoFrame
 
-from engine_build.servers import free_port
 from inference.types import Detection
 from tests.media_support import FakeDetector, loopback_settings, running_server
+from tools.servers import free_port
 from web.ice import aiortc_configuration
 from web.relay import LatestFrameTrack, LiveStats, MediaServerRelay, RateMeter, pump
 

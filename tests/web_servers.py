@@ -8,8 +8,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from engine_build.servers import LOOPBACK, free_port
-from engine_build.servers import server_process as launch
+from tools.servers import LOOPBACK, free_port
+from tools.servers import server_process as launch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,11 +41,11 @@ from engine_build.bench import (
     write_section,
 )
 from engine_build.export import parity_images
-from engine_build.servers import LOOPBACK, free_port
 from inference.engines import Engine, create_engine
 from inference.pipeline import CPU_WORKERS
 from inference.preprocess import preprocess
 from inference.spec import ModelSpec
+from tools.servers import LOOPBACK, free_port
 
 SECTION = "tools.grpc_bench"
 DETECT = "/rtdetect.v1.DetectService/Detect"

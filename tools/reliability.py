@@ -3,7 +3,7 @@
     python -m tools.reliability churn --cycles 500 --sample-every 25
     python -m tools.reliability soak --minutes 60
 
-churn: N cycles of one real aiortc client peer (media_server/synthetic.py) that connects to a real media
+churn: N cycles of one real aiortc client peer (tools/synthetic.py) that connects to a real media
 server process, streams until frames and a detection come back, and closes; every k cycles the server's
 RSS, threads, open file descriptors and its `rtdetect_live_active_peers` gauge are sampled from outside
 (/proc and /metrics), after the gauge is back to 0. Verdict: fds and threads back to the post-warm-up
@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from engine_build.servers import LOOPBACK, ServerProcess, free_port, server_process
 from inference.ice import HostAddressOverride
 from inference.paths import default_model_dir
-from media_server.synthetic import SyntheticPeer
+from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
+from tools.synthetic import SyntheticPeer
 
 DOC = Path("docs/reliability.md")
 PEERS_GAUGE = "rtdetect_live_active_peers"

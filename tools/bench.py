@@ -1,12 +1,12 @@
 """Live-path benchmark: synthetic aiortc clients against the media server, rtdetect's pipeline vs a naive one.
 
-    python -m media_server.bench --peers 1 --seconds 300 --fps 30
-    python -m media_server.bench --peers 2 --seconds 60
-    python -m media_server.bench --peers 1 --seconds 60 --engine-delay-ms 50
+    python -m tools.bench --peers 1 --seconds 300 --fps 30
+    python -m tools.bench --peers 2 --seconds 60
+    python -m tools.bench --peers 1 --seconds 60 --engine-delay-ms 50
 
-Each run starts the server as a subprocess (`python -m media_server`, so its CPU is measured apart from the
+Each run starts the server as a subprocess (`python -m tools.bench_server`, so its CPU is measured apart from the
 clients'), twice: with the real pipeline and with the naive baseline (inference inline in the track's recv(),
-as aiortc's example server does). The clients send numbered frames (media_server/synthetic.py) and time
+as aiortc's example server does). The clients send numbered frames (tools/synthetic.py) and time
 every frame that comes back. Results print as a table and merge into docs/benchmarks.md, keyed by
 (pipeline, peers, fps, engine delay): a run replaces its own rows and keeps the others.
 
@@ -39,12 +39,12 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from engine_build.servers import LOOPBACK, ServerProcess, free_port, server_process
 from inference.ice import HostAddressOverride
 from inference.paths import default_model_dir
-from media_server.synthetic import SyntheticPeer
+from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
+from tools.synthetic import SyntheticPeer
 
-SECTION = "media_server.bench"
+SECTION = "tools.bench"
 WARMUP_S = 3.0  # after every peer's first frame came back: encoders ramp up their bitrate
 DATA_PREFIX = f"<!-- {SECTION}:data "
 TARGETS = (
@@ -140,16 +140,22 @@ def media_server(
         "RTDETECT_MEDIA_MODEL_DIR": str(model_dir),
         "RTDETECT_MEDIA_ICE_HOST_ADDRESSES": LOOPBACK,
         "RTDETECT_MEDIA_ICE_SERVERS": "[]",
-        "RTDETECT_MEDIA_PIPELINE": pipeline,
         "RTDETECT_MEDIA_MAX_PEERS": str(max(peers, 4)),
-        "RTDETECT_MEDIA_ENGINE_DELAY_MS": str(engine_delay_ms),
         "RTDETECT_MEDIA_GPU_SAMPLE_INTERVAL_S": "0",
         # The naive pipeline falls behind by design: its peers must not be closed as silent meanwhile.
         "RTDETECT_MEDIA_DISCONNECT_TIMEOUT_S": "120",
     }
     url = f"http://{LOOPBACK}:{port}"
     with server_process(
-        [sys.executable, "-m", "media_server"],
+        [
+            sys.executable,
+            "-m",
+            "tools.bench_server",
+            "--pipeline",
+            pipeline,
+            "--engine-delay-ms",
+            str(engine_delay_ms),
+        ],
         env=env,
         ready_url=f"{url}/readyz",
         log_path=logs / f"media_server-{pipeline}-{peers}.log",
@@ -243,7 +249,7 @@ def render(results: Sequence[RunResult], machine: str) -> str:
     lines = [
         "## Live path (media server)",
         "",
-        "`python -m media_server.bench`: synthetic aiortc clients send 640x480 VP8 frames at the given rate, each",
+        "`python -m tools.bench`: synthetic aiortc clients send 640x480 VP8 frames at the given rate, each",
         "carrying its number in its pixels, to the media server (a subprocess, real model, CPU inference), which",
         "returns every frame with boxes drawn; the round trip (RTT) is timed per frame, client encode to client",
         "decode. *naive* is the baseline: inference inline in the track's `recv()`, as in aiortc's example",
@@ -385,13 +391,13 @@ def _reexec_isolated(argv: Sequence[str]) -> int | None:
     """Run this command again inside a loopback-only network namespace; None when that is not possible."""
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
         return None
-    inner = shlex.join([sys.executable, "-m", "media_server.bench", *argv, "--no-isolate"])
+    inner = shlex.join([sys.executable, "-m", "tools.bench", *argv, "--no-isolate"])
     command = f"ip link set lo up && exec {inner}"
     return subprocess.call(["unshare", "-n", "sh", "-c", command])
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m media_server.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--peers", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured time per pipeline")
     parser.add_argument("--fps", type=float, default=30.0)
