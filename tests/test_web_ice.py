@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 from streamlit_webrtc.component import _resolve_server_rtc_configuration, enhance_frontend_rtc_configuration
 
-from inference.ice import IceServer
+from rtc.ice import IceServer
 from tests.media_support import FakeDetector, loopback_settings, running_server
 from web import ice
 from web.settings import Settings

@@ -13,7 +13,7 @@ from typing import Any
 import requests
 from aiortc import RTCConfiguration, RTCIceServer
 
-from inference.ice import HostAddressOverride, IceServer
+from rtc.ice import HostAddressOverride, IceServer
 
 
 def rtc_configuration_dict(servers: Sequence[IceServer]) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def restrict_host_candidates(addresses: Sequence[str]) -> None:
     """Offer exactly `addresses` as host candidates from this process's aiortc peers.
 
     In a loopback-only deployment (the tests' network namespace) the Streamlit server's peers would
-    otherwise gather no candidate at all (see inference/ice.py). Process-wide and idempotent; an empty
+    otherwise gather no candidate at all (see rtc/ice.py). Process-wide and idempotent; an empty
     list restores aioice's own discovery.
     """
     global _override

@@ -9,7 +9,7 @@ import streamlit as st
 from pydantic import ValidationError
 from streamlit_webrtc import WebRtcMode, webrtc_streamer
 
-from inference.ice import IceServer
+from rtc.ice import IceServer
 from web.ice import aiortc_configuration, fetch_media_server_ice, merge_ice_servers, rtc_configuration_dict
 from web.relay import LiveSnapshot, MediaServerRelay
 from web.settings import Settings

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from inference.ice import IceServer, parse_ice_servers
+from rtc.ice import IceServer, parse_ice_servers
 
 
 class Settings(BaseSettings):
