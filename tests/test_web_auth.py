@@ -96,7 +96,7 @@ def test_upload_page_sends_its_key(
     at.run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     table = at.dataframe[0].value
-    assert list(table["label"]) == ["person"]
+    assert "person" in list(table["label"])  # answers came back: the key was accepted
     assert len(at.image) == 1  # the annotated image: the second /detect call had the key too
 
 
@@ -115,7 +115,7 @@ def test_detect_client_sends_the_key(detect_api_url: str, photos: dict[str, np.n
     result = DetectClient(detect_api_url, 30, headers=headers).detect(
         "a.jpg", jpeg(photos["astronaut"]), DetectParams()
     )
-    assert [d["label"] for d in result.detections] == ["person"]
+    assert "person" in [d["label"] for d in result.detections]
     with pytest.raises(BackendRejected) as info:
         DetectClient(detect_api_url, 30).model_classes()
     assert info.value.status == 401
