@@ -106,6 +106,7 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=240, help="/detect requests per level and round")
     p.add_argument("--rounds", type=int, default=9, help="rounds over the /detect levels (median reported)")
     p.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    p.add_argument("--engines-only", action="store_true", help="the engines table alone (no /detect servers)")
 
     p = sub.add_parser(
         "tensorrt", help="model.onnx -> model.<precision>.engine with TensorRT (needs an NVIDIA GPU)"
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             from engine_build.bench import run_bench
 
-            run_bench(args.model_dir, iterations=args.iterations, threads=args.threads,
-                      requests=args.requests, rounds=args.rounds, output=args.output)  # fmt: skip
+            run_bench(args.model_dir, iterations=args.iterations, threads=args.threads, requests=args.requests,
+                      rounds=args.rounds, output=args.output, engines_only=args.engines_only)  # fmt: skip
         elif args.command == "tensorrt":
             from engine_build.tensorrt import build_engine
 

@@ -31,11 +31,11 @@ import numpy as np
 from engine_build.export import parity_images
 from inference.engines import BACKENDS, Engine, create_engine, engine_precisions
 from inference.errors import RtdetectError
-from inference.gate import GateRecord, current_machine, load_gate
+from inference.gate import GateRecord, Machine, current_machine, load_gate
 from inference.pipeline import CPU_WORKERS
 from inference.preprocess import preprocess
 from inference.spec import ModelSpec
-from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
+from engine_build.servers import LOOPBACK, ServerProcess, free_port, server_process
 
 SECTION = "engine_build.bench"
 
@@ -306,6 +306,8 @@ def bench_candidates(model_dir: Path, spec: ModelSpec, threads: int) -> list[Can
         "tensorrt": {},
     }
     found: list[Candidate] = []
+    if _torch_cuda():  # the GPU starting point too: PyTorch eager on the GPU
+        found.append(Candidate("PyTorch eager FP32 (CUDA)", "torch", "fp32", {"device": "cuda"}))
     for backend in ("torch", "onnxruntime", "openvino", "tensorrt"):
         if backend not in BACKENDS:
             continue
@@ -318,6 +320,14 @@ def bench_candidates(model_dir: Path, spec: ModelSpec, threads: int) -> list[Can
             label = f"{_LABELS[backend]} {precision.upper()}"
             found.append(Candidate(label, backend, precision, options[backend]))
     return found
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 @dataclass
@@ -373,31 +383,9 @@ def _gate_cell(row: EngineRow) -> str:
     return f"{row.gate_score:.3f} {'pass' if row.gate_passed else 'FAIL'}"
 
 
-def run_bench(
-    model_dir: Path, *, iterations: int, threads: int, requests: int, rounds: int, output: Path
-) -> None:
-    spec = ModelSpec.load(model_dir)
-    photos = parity_images()
-    images = list(photos.values())
-    machine = current_machine()
-    _progress(f"engines for {spec.name} on {machine.cpu} (threads={threads or 'all'})")
-    rows = bench_engines(model_dir, spec, images, iterations, threads)
-
-    onnx = create_engine(
-        "onnxruntime", model_dir, spec, providers=["CPUExecutionProvider"], intra_op_threads=threads
-    )
-    onnx.load()
-    single, _ = preprocess([images[0]], spec)
-
-    def raw_rate() -> float:
-        return raw_engine_rate(onnx, single, iterations, streams=CPU_WORKERS)
-
-    frame = cv2.resize(photos["astronaut"], (640, 480))
-    ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    assert ok
-    api = bench_detect_api(model_dir, threads, requests, rounds, jpeg.tobytes(), raw_rate)
-    onnx.close()
-
+def _engine_lines(
+    rows: list[EngineRow], machine: Machine, spec: ModelSpec, iterations: int, threads: int
+) -> list[str]:
     lines = [
         f"Machine: {machine_description()}; CPU flags that decide reduced precision: "
         f"{' '.join(machine.flags) or 'none'}; GPU: {machine.gpu or 'none'}. "
@@ -425,6 +413,59 @@ def run_bench(
     if fastest and ort_row:
         lines.append(f"- Fastest gate-passing engine at batch 1: **{fastest.candidate.label}**, "
                      f"{ort_row.b1.p50 / fastest.b1.p50:.2f}x ONNX Runtime FP32 (p50).")  # fmt: skip
+    return lines
+
+
+def run_bench(
+    model_dir: Path,
+    *,
+    iterations: int,
+    threads: int,
+    requests: int,
+    rounds: int,
+    output: Path,
+    engines_only: bool = False,
+) -> None:
+    """Both tables into docs/benchmarks.md; `engines_only` (the GPU check) writes the engines table alone."""
+    spec = ModelSpec.load(model_dir)
+    photos = parity_images()
+    images = list(photos.values())
+    machine = current_machine()
+    _progress(f"engines for {spec.name} on {machine.cpu} (threads={threads or 'all'})")
+    rows = bench_engines(model_dir, spec, images, iterations, threads)
+    if engines_only:
+        body = "## Engines (`python -m engine_build bench --engines-only`)\n\n" + "\n".join(
+            [
+                *_engine_lines(rows, machine, spec, iterations, threads),
+                "",
+                f"Run: {time.strftime('%Y-%m-%d')}.",
+            ]
+        )
+        print(body)
+        write_section(output, SECTION + ".engines", body)
+        _progress(f"wrote {output}")
+        return
+
+    onnx = create_engine(
+        "onnxruntime", model_dir, spec, providers=["CPUExecutionProvider"], intra_op_threads=threads
+    )
+    onnx.load()
+    single, _ = preprocess([images[0]], spec)
+
+    def raw_rate() -> float:
+        return raw_engine_rate(onnx, single, iterations, streams=CPU_WORKERS)
+
+    frame = cv2.resize(photos["astronaut"], (640, 480))
+    ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    api = bench_detect_api(model_dir, threads, requests, rounds, jpeg.tobytes(), raw_rate)
+    onnx.close()
+
+    lines = _engine_lines(rows, machine, spec, iterations, threads)
+    by_key = {(r.candidate.backend, r.candidate.precision): r for r in rows}
+    torch_row, ort_row = by_key.get(("torch", "fp32")), by_key.get(("onnxruntime", "fp32"))
+    passing = [r for r in rows if r.candidate.backend != "torch" and r.gate_passed]
+    fastest = max(passing, key=lambda r: r.b1.images_per_s) if passing else None
     lines += [
         "",
         "`POST /detect` end to end: a 640x480 JPEG, the detect API in a uvicorn subprocess, the client "
