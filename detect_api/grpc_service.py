@@ -71,7 +71,7 @@ class GrpcServer:
             # Metrics outermost: calls refused for their key are counted too (UNAUTHENTICATED).
             interceptors=[
                 MetricsInterceptor(self.metrics),
-                AuthInterceptor(settings.api_keys(), limiter, settings.retry_after_s),
+                AuthInterceptor(settings.api_keys(), limiter),
             ],
             options=[
                 ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
@@ -412,10 +412,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     but health, reflection included (it gives out the schema, as /openapi.json does). Refusals go through
     errors.grpc_status like every other error: 401 -> UNAUTHENTICATED, 429 -> RESOURCE_EXHAUSTED."""
 
-    def __init__(self, keys: ApiKeys | None, limiter: RateLimiter | None, retry_after_s: int) -> None:
+    def __init__(self, keys: ApiKeys | None, limiter: RateLimiter | None) -> None:
         self.keys = keys
         self.limiter = limiter
-        self.retry_after_s = retry_after_s
 
     async def intercept_service(
         self,

@@ -322,6 +322,16 @@ async def test_health_and_reflection_with_a_generic_client(grpc_port: int, good_
     )
 
 
+async def test_health_watch_streams_the_status(grpc_port: int) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"{LOOPBACK}:{grpc_port}") as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await watch.read()
+        watch.cancel()
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+
 async def test_sync_client_and_cli_health(grpc_port: int) -> None:
     from detect_api.client import main
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -203,12 +204,14 @@ def run(
     logs = Path(tempfile.mkdtemp(prefix="rtdetect-grpc-bench-"))
     levels = [Level(name, c) for name, c in LEVELS]
     streams: list[tuple[StreamRun, float]] = []
+    loads: list[float] = []  # the machine's 1-minute load average at each level: other work shows there
     with _api_server(model_dir, threads, {"RTDETECT_GRPC_PORT": str(grpc_port)}, logs, http_port) as server:
         batch, workers = int(server.ready["max_batch_size"]), int(server.ready["workers"])
         _progress(f"detect API ready: HTTP {http_port}, gRPC {grpc_port} (logs in {logs})")
         url, target = f"http://{LOOPBACK}:{http_port}/detect", f"{LOOPBACK}:{grpc_port}"
         for i in range(rounds):
             for level in levels:
+                loads.append(os.getloadavg()[0])
                 raw = raw_rate()
                 _progress(f"round {i + 1}/{rounds}: {level.name} at concurrency {level.concurrency}")
                 if level.name.startswith("REST"):
@@ -222,7 +225,9 @@ def run(
             _progress(f"round {i + 1}/{rounds}: DetectStream at {fps:g} fps for {stream_seconds:g} s")
             streams.append((asyncio.run(drive_stream(target, jpeg, fps, stream_seconds)), raw))
     onnx.close()
-    body = report(spec, levels, streams, rounds, requests, fps, stream_seconds, threads, batch, workers)
+    body = report(
+        spec, levels, streams, rounds, requests, fps, stream_seconds, threads, batch, workers, loads
+    )
     print(body)
     if output is not None:
         write_section(output, SECTION, body)
@@ -240,6 +245,7 @@ def report(
     threads: int,
     batch: int,
     workers: int,
+    loads: list[float],
 ) -> str:
     lines = [
         "## gRPC and REST side by side (`python -m tools.grpc_bench`)",
@@ -250,7 +256,8 @@ def report(
         f"the client runs on the same cores. {rounds} rounds of {requests} requests per level, levels in "
         "turn, the same 640x480 JPEG everywhere. Before each level the raw engine is timed (inference "
         f"only, batch 1, the better of one and {CPU_WORKERS} streams); ratios are medians of the rounds' "
-        "ratios.",
+        f"ratios. Load average (1 min) while it ran: {min(loads):.1f}-{max(loads):.1f} on "
+        f"{os.cpu_count()} cores (a shared machine: other work shows there and in the ratio ranges).",
         "",
         "| protocol | concurrency | images/s | p50 ms | raw engine images/s | ratio to raw engine | ratio range |",
         "|---|---:|---:|---:|---:|---:|---:|",
