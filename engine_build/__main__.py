@@ -134,6 +134,20 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     )
     p.add_argument("--model-dir", type=Path, default=settings.model_dir)
     p.add_argument("--threshold", type=float, default=settings.gate_threshold, help="least mAP vs FP32")
+
+    p = sub.add_parser("triton-repo", help="a Triton model repository (config.pbtxt + model) for the model")
+    p.add_argument("--model-dir", type=Path, default=settings.model_dir)
+    p.add_argument("--out", type=Path, required=True, help="the repository (Triton's --model-repository)")
+    p.add_argument("--name", default="rtdetect")
+    p.add_argument("--platform", choices=["python", "onnxruntime_onnx", "tensorrt_plan"], default="python")
+    p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--preferred-batch-size", type=int, action="append", help="repeatable (default: 4, 8)")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--kind", choices=["KIND_CPU", "KIND_GPU"], default=None)
+    p.add_argument("--python-env", type=Path, help="python platform: the venv the stub runs in")
+    p.add_argument("--intra-op-threads", type=int, default=0)
+    p.add_argument("--engine-file", help="tensorrt_plan: the engine in the model directory")
     return parser
 
 
@@ -200,6 +214,16 @@ def main(argv: list[str] | None = None) -> int:
             from engine_build.quantize import quantize
 
             quantize(args.model_dir, method=args.method, force=args.force)
+        elif args.command == "triton-repo":
+            from engine_build.triton_repo import RepoOptions, write_repository
+
+            write_repository(args.model_dir, args.out, RepoOptions(
+                name=args.name, platform=args.platform, max_batch_size=args.max_batch_size,
+                preferred_batch_sizes=tuple(args.preferred_batch_size or (4, 8)),
+                max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, kind=args.kind,
+                python_env=args.python_env.absolute() if args.python_env else None,
+                intra_op_threads=args.intra_op_threads, engine_file=args.engine_file,
+            ))  # fmt: skip
         elif args.command == "precision":
             from engine_build.precision import run_gate
 

@@ -22,6 +22,7 @@ from inference.engines.options import (
     OpenVinoOptions,
     TensorRTOptions,
     TorchOptions,
+    TritonOptions,
     validate_options,
 )
 from inference.paths import default_model_dir
@@ -79,6 +80,7 @@ class ServingSettings(BaseSettings):
     openvino: OpenVinoOptions = Field(default_factory=OpenVinoOptions)
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
     torch: TorchOptions = Field(default_factory=TorchOptions)
+    triton: TritonOptions = Field(default_factory=TritonOptions)
     # Options of an explicitly chosen backend as JSON, merged over its typed options above (older spelling).
     engine_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 

@@ -29,6 +29,7 @@ BACKENDS: dict[str, str] = {
     "openvino": "inference.engines.openvino:OpenVinoEngine",
     "tensorrt": "inference.engines.tensorrt:TensorRTEngine",
     "torch": "inference.engines.torch:TorchEngine",
+    "triton": "inference.engines.triton:TritonEngine",
 }
 assert set(BACKENDS) == set(OPTIONS), "every backend registers its options beside it"
 

@@ -73,11 +73,29 @@ class TorchOptions(BackendOptions):
     threads: int | None = Field(default=None, ge=1)
 
 
+class TritonOptions(BackendOptions):
+    """A Triton Inference Server shared by many processes (inference/engines/triton.py)."""
+
+    # Triton's gRPC endpoint, host:port (`make triton` listens on 127.0.0.1:8701).
+    url: str = "127.0.0.1:8701"
+    model_name: str = "rtdetect"  # as `python -m engine_build triton-repo --name` wrote it
+    model_version: str = ""  # "": the latest version Triton has ready
+    timeout_s: float = Field(default=5.0, gt=0.0)  # per request, Triton's queue included
+    # Requests in flight from this process (the engine's max_concurrency): Triton batches across them and
+    # across processes, so this bounds what one process contributes to a batch.
+    max_in_flight: int = Field(default=8, ge=1, le=256)
+    # "system": tensors through POSIX shared memory (Triton on the same host, sharing /dev/shm); "none":
+    # inside the gRPC messages (any host).
+    shared_memory: Literal["none", "system"] = "none"
+    load_timeout_s: float = Field(default=30.0, gt=0.0)  # at start: wait this long for the model to be ready
+
+
 OPTIONS: dict[str, type[BackendOptions]] = {
     "onnxruntime": OnnxRuntimeOptions,
     "openvino": OpenVinoOptions,
     "tensorrt": TensorRTOptions,
     "torch": TorchOptions,
+    "triton": TritonOptions,
 }
 
 
