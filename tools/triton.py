@@ -144,14 +144,20 @@ def write_repo(
 
 @contextmanager
 def triton_process(
-    repo: Path, log_path: Path, *, install_dir: TritonInstall | None = None, timeout_s: float = 120.0
+    repo: Path,
+    log_path: Path,
+    *,
+    ports: dict[str, int] | None = None,
+    install_dir: TritonInstall | None = None,
+    timeout_s: float = 120.0,
 ) -> Iterator[tuple[ServerProcess, dict[str, int]]]:
-    """tritonserver on loopback ports chosen now, ready (every model loaded) when the block starts."""
+    """tritonserver on loopback (`ports`, or free ones chosen now), ready (every model loaded) when the block
+    starts."""
     triton = install_dir or installed()
     if triton is None:
         raise RuntimeError(f"tritonserver is not installed: python -m tools.triton install ({WHEEL})")
     triton.prepare()
-    ports = {name: free_port() for name in DEFAULT_PORTS}
+    ports = ports or {name: free_port() for name in DEFAULT_PORTS}
     with server_process(
         triton.command(repo, ports),
         ready_url=f"http://{LOOPBACK}:{ports['http']}/v2/health/ready",

@@ -149,8 +149,19 @@ class TritonEngine:
         self._thread.start()
         self._loop = loop
 
+        # gRPC's reconnect backoff grows to minutes by default: a restarted Triton would stay unused that
+        # long. Passing channel args replaces tritonclient's, so its message size limits are restated.
+        limit = grpc_aio.MAX_GRPC_MESSAGE_SIZE
+        channel_args = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+
         async def connect() -> Any:
-            return grpc_aio.InferenceServerClient(self.url)
+            return grpc_aio.InferenceServerClient(self.url, channel_args=channel_args)
 
         self._client = self._run(connect(), 10.0)
         try:
