@@ -1,4 +1,5 @@
-"""Draw detections onto a BGR image with cv2: boxes, "label 0.87" on a filled tag, one colour per class."""
+"""Draw detections onto a BGR image with cv2: boxes, "label 0.87" (tracked: "label 3 (0.87)") on a filled
+tag, one colour per class."""
 
 from __future__ import annotations
 
@@ -48,7 +49,12 @@ def draw_detections(
         colour = class_colour(det.class_id)
         x1, y1, x2, y2 = (round(v) for v in det.box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
-        text = f"{det.label} {det.score:.2f}"
+        # A tracked object's id is what people read first ("person 3"); the score follows.
+        text = (
+            f"{det.label} {det.score:.2f}"
+            if det.track_id is None
+            else f"{det.label} {det.track_id} ({det.score:.2f})"
+        )
         (tw, th), baseline = cv2.getTextSize(text, _FONT, font_scale, font_thickness)
         tag_h = th + baseline + 2 * thickness
         # Tag above the box, or just inside its top edge when the box touches the top of the image.

@@ -47,6 +47,16 @@ class Prepared:
     preprocess_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class RawOutput:
+    """One image's engine outputs (batch axis of 1), before decoding."""
+
+    outputs: dict[str, np.ndarray]
+    batch_size: int  # how many images shared the engine call
+    inference_s: float
+    wait_ms: float  # submit -> outputs back (queueing included)
+
+
 def build_engine(settings: ServingSettings, spec: ModelSpec) -> Engine:
     """The engine the settings ask for: an explicit backend and precision, or the automatic choice
     (inference/autoselect.py), made when the engine loads; either way under the accuracy gate."""
@@ -197,6 +207,31 @@ class Detector:
         t0 = time.perf_counter()
         tensor, transform = preprocess_one(image, self.spec)
         return Prepared(tensor, transform, (time.perf_counter() - t0) * 1e3)
+
+    async def infer_prepared(self, prepared: Prepared) -> RawOutput:
+        """The engine's outputs for a prepared image, through the shared batcher. With `prepare` and
+        `finish` this is `detect` in three steps, for a caller that runs the blocking two in a thread of
+        its own, fused with its other work (the live pipeline: three thread round trips per frame)."""
+        batcher = self._require_batcher()
+        t0 = time.perf_counter()
+        outputs, batch_size, inference_s = await batcher.submit(prepared.tensor)
+        return RawOutput(outputs, batch_size, inference_s, (time.perf_counter() - t0) * 1e3)
+
+    def finish(
+        self, prepared: Prepared, raw: RawOutput, params: DetectParams = _DEFAULT_PARAMS
+    ) -> DetectionResult:
+        """Decode + NMS of `infer_prepared`'s outputs (blocking; any thread)."""
+        t0 = time.perf_counter()
+        detections = self.decoder.decode(raw.outputs, [prepared.transform], params)[0]
+        post = (time.perf_counter() - t0) * 1e3
+        timings = Timings(
+            preprocess=prepared.preprocess_ms,
+            inference=raw.inference_s * 1e3,
+            postprocess=post,
+            total=prepared.preprocess_ms + raw.wait_ms + post,
+        )
+        transform = prepared.transform
+        return DetectionResult(detections, transform.src_w, transform.src_h, raw.batch_size, timings)
 
     async def detect_prepared(
         self, prepared: Prepared, params: DetectParams = _DEFAULT_PARAMS

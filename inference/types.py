@@ -14,14 +14,18 @@ class Detection:
     label: str
     score: float
     box: Box
+    track_id: int | None = None  # live video only: the tracker's id (inference/tracking.py)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "label": self.label,
             "class_id": self.class_id,
             "score": round(self.score, 4),
             "box": [round(v, 1) for v in self.box],
         }
+        if self.track_id is not None:
+            out["track_id"] = self.track_id
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,16 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from inference.engines import Engine
 from inference.errors import ModelLoadError, OverloadedError
 from inference.types import DetectParams
+from inference.zones import Geometry
 from media_server.auth import access_middleware
 from media_server.detector import DetectorLike, build_detector
 from media_server.ice import client_ice_servers, server_rtc_configuration
 from media_server.peers import OfferError, PeerRegistry, PeerSession, check_offer_sdp
 from media_server.settings import Settings
-from media_server.track import LivePipeline, PeerMedia
+from media_server.track import LiveOptions, LivePipeline, PeerMedia
 from observability.gpu import GpuSampler
 from observability.live import LiveMetrics, PeerFramesCollector
 from observability.metrics import InferenceMetrics, PrometheusObserver, new_registry, render
 from rtc.ice import HostAddressOverride
+from rtc.jitter import MarkerJitterBufferInstall
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class ServerState:
     executor: ThreadPoolExecutor
     host_addresses: HostAddressOverride
     media_factory: MediaFactory
+    # Video frames released on the RTP marker bit (rtc/jitter.py), for the peers created while it runs.
+    jitter_buffer: MarkerJitterBufferInstall = field(default_factory=MarkerJitterBufferInstall)
 
 
 # Builds each new peer's pipeline: rtdetect's live pipeline; the benchmark swaps in its baseline.
@@ -71,6 +75,17 @@ def live_media(state: ServerState, params: DetectParams) -> PeerMedia:
         buffer_size=settings.buffer_size,
         max_detection_age_s=settings.max_detection_age_ms / 1e3,
         executor=state.executor,
+        options=live_options(settings),
+    )
+
+
+def live_options(settings: Settings) -> LiveOptions:
+    return LiveOptions(
+        tracking=settings.tracking,
+        predict=settings.predict_boxes and settings.tracking,
+        low_threshold=settings.track_low_threshold,
+        max_lost_s=settings.track_max_lost_s,
+        geometry=Geometry.of(settings.zones, settings.lines),
     )
 
 
@@ -278,7 +293,8 @@ def create_app(
     `wrap_engine` and `media_factory` are the benchmark's seams (tools.bench_server): an engine with an
     artificial delay, the naive baseline pipeline."""
     registry = registry if registry is not None else new_registry()
-    live_metrics = LiveMetrics(registry)
+    zone_names = [z.name for z in settings.zones] + [ln.name for ln in settings.lines]
+    live_metrics = LiveMetrics(registry, zone_names=zone_names)
     inference_metrics = InferenceMetrics(registry, fps_window_s=settings.fps_window_s)
     owns_detector = detector is None
     if detector is None:
@@ -329,6 +345,7 @@ def create_app(
 async def _startup(app: web.Application) -> None:
     state = app[STATE]
     state.host_addresses.install()
+    state.jitter_buffer.install()
     if state.owns_detector:
         # Fail fast: a server that cannot load its model should not start listening.
         try:
@@ -365,3 +382,4 @@ async def _cleanup(app: web.Application) -> None:
         await state.detector.close()
     await asyncio.to_thread(state.executor.shutdown, wait=True)
     state.host_addresses.uninstall()
+    state.jitter_buffer.uninstall()

@@ -102,3 +102,105 @@ def render_overlay(detections: Sequence[Detection], width: int, height: int) -> 
     luma = indices < width * height
     values_full = np.where(luma, _Y_TO_FULL[values], _C_TO_FULL[values]).astype(np.uint8)
     return Overlay(dets, width, height, indices, values, values_full)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Sprites:
+    """One result's boxes as movable pieces: each detection's drawn pixels, to be placed per outgoing frame
+    where its track is predicted to be at that frame's time (a shift, no re-rendering: about the cost of
+    `Overlay.apply`).
+
+    Rendered once per result with `render_overlay`; every covered pixel belongs to the first detection
+    whose box (with its tag above it) contains it.
+    """
+
+    overlay: Overlay
+    # Per detection: luma (N, 2) y/x and chroma (M, 2) y/x positions, and the indices into the overlay's
+    # values of those pixels: luma, then U, then V.
+    luma: tuple[np.ndarray, ...]
+    chroma: tuple[np.ndarray, ...]
+    luma_values: tuple[np.ndarray, ...]
+    u_values: tuple[np.ndarray, ...]
+    v_values: tuple[np.ndarray, ...]
+
+    @property
+    def detections(self) -> tuple[Detection, ...]:
+        return self.overlay.detections
+
+    def apply(self, frame: VideoFrame, offsets: Sequence[tuple[int, int]] | None = None) -> VideoFrame:
+        """A new frame with each detection drawn shifted by its (dx, dy) pixels (rounded to even, so luma
+        and chroma move together); no offsets: where they were detected. Same contract as `Overlay.apply`."""
+        overlay = self.overlay
+        if (
+            offsets is None
+            or not any(offsets)
+            or (frame.width, frame.height) != (overlay.width, overlay.height)
+        ):
+            return overlay.apply(frame)
+        w, h = overlay.width, overlay.height
+        full_range = frame.format.name == "yuvj420p"
+        values = overlay.values_full if full_range else overlay.values
+        i420 = i420_array(frame)
+        flat = i420.reshape(-1)
+        cw, ch = w // 2, h // 2
+        for k, (dx, dy) in enumerate(offsets):
+            dx, dy = int(dx) & ~1, int(dy) & ~1
+            yx = self.luma[k] + (dy, dx)
+            keep = (yx[:, 0] >= 0) & (yx[:, 0] < h) & (yx[:, 1] >= 0) & (yx[:, 1] < w)
+            flat[yx[keep, 0] * w + yx[keep, 1]] = values[self.luma_values[k][keep]]
+            cyx = self.chroma[k] + (dy // 2, dx // 2)
+            keep = (cyx[:, 0] >= 0) & (cyx[:, 0] < ch) & (cyx[:, 1] >= 0) & (cyx[:, 1] < cw)
+            at = cyx[keep, 0] * cw + cyx[keep, 1]
+            flat[w * h + at] = values[self.u_values[k][keep]]
+            flat[w * h + cw * ch + at] = values[self.v_values[k][keep]]
+        out = VideoFrame.from_ndarray(i420, format=frame.format.name)
+        out.pts = frame.pts
+        if frame.time_base is not None:
+            out.time_base = frame.time_base
+        return out
+
+
+def render_sprites(detections: Sequence[Detection], width: int, height: int) -> Sprites:
+    """`render_overlay`, split per detection (a few ms: call it in a worker thread)."""
+    overlay = render_overlay(detections, width, height)
+    indices = overlay.indices
+    luma_n = width * height
+    cw, ch = width // 2, height // 2
+    is_luma = indices < luma_n
+    is_u = (indices >= luma_n) & (indices < luma_n + cw * ch)
+    is_v = indices >= luma_n + cw * ch
+    luma_pos = np.flatnonzero(is_luma)
+    u_pos, v_pos = np.flatnonzero(is_u), np.flatnonzero(is_v)
+    ly, lx = np.divmod(indices[luma_pos], width)
+    uy, ux = np.divmod(indices[u_pos] - luma_n, cw)
+    # U and V are covered at the same chroma positions (one mask for both), in the same order.
+    taken_l = np.zeros(len(luma_pos), bool)
+    taken_c = np.zeros(len(u_pos), bool)
+    thickness = max(1, round(min(height, width) / 320))
+    tag = round(max(0.35, min(height, width) / 1000) * 30) + 4 * thickness  # the label tag's height, roughly
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for d in overlay.detections:
+        x1, y1, x2, y2 = d.box
+        x1, x2 = x1 - 2 * thickness, max(x2, x1 + 6 * tag) + 2 * thickness
+        y1, y2 = y1 - tag - 2 * thickness, y2 + 2 * thickness
+        mine_l = ~taken_l & (lx >= x1) & (lx <= x2) & (ly >= y1) & (ly <= y2)
+        mine_c = ~taken_c & (ux * 2 >= x1) & (ux * 2 <= x2) & (uy * 2 >= y1) & (uy * 2 <= y2)
+        taken_l |= mine_l
+        taken_c |= mine_c
+        parts.append(
+            (
+                np.stack([ly[mine_l], lx[mine_l]], axis=1),
+                np.stack([uy[mine_c], ux[mine_c]], axis=1),
+                luma_pos[mine_l],
+                u_pos[mine_c],
+                v_pos[mine_c],
+            )
+        )
+    return Sprites(
+        overlay,
+        tuple(p[0] for p in parts),
+        tuple(p[1] for p in parts),
+        tuple(p[2] for p in parts),
+        tuple(p[3] for p in parts),
+        tuple(p[4] for p in parts),
+    )

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
@@ -23,17 +23,17 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import SessionDescription
 
 from inference.ratelog import RateLimitedLog
+from inference.zones import Geometry
 from media_server.datachannel import guard_data_channels
 from media_server.frames import FrameSourceFactory, TrackFrameSource
 from media_server.ice import announce_addresses
 from media_server.settings import Settings
 from media_server.track import PeerMedia
 from observability.live import LiveMetrics
+from rtc.messages import ZonesRequest
 
 logger = logging.getLogger(__name__)
 
-# A client that stops reading the data channel must not make the server buffer results forever.
-MAX_CHANNEL_BUFFERED_BYTES = 256 * 1024
 # Control messages (config, ping) are tiny; a larger text is answered with an error without being parsed.
 MAX_CONTROL_MESSAGE_CHARS = 16 * 1024
 
@@ -186,6 +186,8 @@ class PeerSession:
                 self._configure(data)
             elif kind == "ping":
                 self.send({"type": "pong", "t": data.get("t"), "server_time": time.time()})
+            elif kind == "zones":
+                self._set_zones(data)
             else:
                 raise ValueError(f"unknown message type {kind!r}")
         except (ValueError, TypeError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
@@ -197,6 +199,16 @@ class PeerSession:
                 ("message", type(e).__name__), "peer %s: data-channel message failed", self.id, exc_info=e
             )
             self.send({"type": "error", "detail": "the server could not handle this message"})
+
+    def _set_zones(self, data: dict[str, Any]) -> None:
+        """The peer's own zones and lines (rtc/messages.py), checked besides the server's."""
+        request = ZonesRequest.model_validate(data)  # pydantic's ValidationError is a ValueError
+        request.check_limit(self._settings.max_peer_zones)
+        set_geometry = getattr(self.media, "set_geometry", None)
+        if not self._settings.tracking or set_geometry is None:
+            raise ValueError("zones need tracking, which is off on this server")
+        set_geometry(Geometry.of(self._settings.zones, self._settings.lines, request.zones, request.lines))
+        self.send(request.to_message())
 
     def _message_invalid(self, reason: str) -> None:
         """A text message that is not UTF-8: aiortc would raise decoding it; dropped and answered instead."""
@@ -218,18 +230,19 @@ class PeerSession:
             self.media.params = dataclasses.replace(self.media.params, score_threshold=value)
         self.send({"type": "config", "score_threshold": self.media.params.score_threshold})
 
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, message: Mapping[str, Any]) -> bool:
         """Send JSON on the data channel if it is open and the client keeps up; False when skipped."""
         channel = self._channel
         if channel is None or channel.readyState != "open":
             return False
-        if channel.bufferedAmount > MAX_CHANNEL_BUFFERED_BYTES:
+        if channel.bufferedAmount > self._settings.data_channel_max_buffered_bytes:
             self.results_skipped += 1
+            self._metrics.results_dropped.inc()
             return False
         channel.send(json.dumps(message, separators=(",", ":")))
         return True
 
-    def send_result(self, message: dict[str, Any]) -> None:
+    def send_result(self, message: Mapping[str, Any]) -> None:
         if self.send(message):
             self.results_sent += 1
 

@@ -14,6 +14,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 from inference.settings import ServingSettings, split_list
 from inference.types import DetectParams
 from media_server.auth import MediaAuthSettings  # API keys, origins, per-client limits
+from media_server.live_settings import LiveTrackingSettings  # tracking, box prediction, zones
 from media_server.turn import validate_ice_url
 from rtc.ice import IceServer, parse_ice_servers
 
@@ -30,7 +31,7 @@ class BackpressurePolicy(StrEnum):
     DROP_OLDEST = "drop_oldest"  # a small FIFO (`buffer_size`); when full, the oldest frame is dropped
 
 
-class Settings(ServingSettings, MediaAuthSettings):
+class Settings(ServingSettings, MediaAuthSettings, LiveTrackingSettings):
     model_config = SettingsConfigDict(env_prefix="RTDETECT_MEDIA_", extra="ignore", frozen=True)
 
     # Model, engine and batching: inherited from ServingSettings, the same knobs as the detect API.

@@ -36,8 +36,15 @@ REJECT_REASONS = (
 )
 
 
+# Zone events' label values: each server-configured zone or line name, or this one for any peer's own
+# (a client names its zones freely; its names never become label values).
+PEER_ZONE = "peer"
+ZONE_EVENTS = ("zone_enter", "zone_exit", "line_cross_in", "line_cross_out")
+
+
 class LiveMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, zone_names: Iterable[str] = ()) -> None:
+        self._zone_names = frozenset(zone_names)
         self.active_peers = Gauge(
             "rtdetect_live_active_peers", "WebRTC peers currently connected or connecting.", registry=registry
         )
@@ -92,7 +99,27 @@ class LiveMetrics:
             buckets=DETECTION_AGE_BUCKETS,
             registry=registry,
         )
+        self.zone_events = Counter(
+            "rtdetect_live_zone_events_total",
+            "Zone and line events of tracked objects, by server-configured zone or line (every peer's own "
+            'zones together as "peer") and event (zone_enter, zone_exit, line_cross_in, line_cross_out).',
+            ["zone", "event"],
+            registry=registry,
+        )
+        self.results_dropped = Counter(
+            "rtdetect_live_results_dropped_total",
+            "Data-channel messages (results, events) not sent because the peer was not reading its channel.",
+            registry=registry,
+        )
+        self.tracks_started = Counter(
+            "rtdetect_live_tracks_started_total",
+            "Tracks that got an id (a new object, or one whose track was lost and found again).",
+            registry=registry,
+        )
         # Pre-create the bounded label values so dashboards see zeros instead of missing series.
+        for zone in (*sorted(self._zone_names), PEER_ZONE):
+            for event in ZONE_EVENTS:
+                self.zone_events.labels(zone=zone, event=event)
         for stage in DROP_STAGES:
             self.frames_dropped.labels(stage=stage)
         for reason in CLOSE_REASONS:
@@ -101,6 +128,11 @@ class LiveMetrics:
             self.offers_rejected.labels(reason=reason)
         for error in ("overloaded", "inference"):
             self.inference_failures.labels(error=error)
+
+    def zone_event(self, name: str, source: str, event: str, direction: str | None = None) -> None:
+        """Count one event; a peer's own zone, or a name the server was not configured with, is "peer"."""
+        zone = name if source == "server" and name in self._zone_names else PEER_ZONE
+        self.zone_events.labels(zone=zone, event=f"{event}_{direction}" if direction else event).inc()
 
 
 PEER_DIRECTIONS = ("in", "out", "inferred")

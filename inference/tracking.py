@@ -1,0 +1,252 @@
+"""Multi-object tracking for live video: ByteTrack-style association on a time-based Kalman motion model.
+
+Why our own small module: `supervision`'s ByteTrack counts time in frames and keeps its motion state
+internal, while the live path needs each track's state at an arbitrary time (the pts of every outgoing
+frame, see `TrackSnapshot.box_at`) and results that arrive at an irregular rate (only some frames are
+inferred). The association follows ByteTrack (Zhang et al., 2022): detections above the high threshold
+are matched first to every track by IoU (Hungarian, `scipy.optimize.linear_sum_assignment`), then the
+low-score ones to the tracks still unmatched, so an object whose score dips under occlusion keeps its id;
+a new track needs two hits before it gets an id; a lost track is kept `max_lost_s` for re-association.
+
+The state is (cx, cy, w, h) and their velocities in pixels per second; the noise scales with the box
+height as in ByteTrack (per-frame weights, taken at 30 fps). Pure numpy + scipy, no WebRTC: the media
+server runs one `Tracker` per peer in its worker thread and reads the immutable snapshots it returns.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from inference.types import Box, Detection
+
+# Noise weights are per frame at 30 fps, times the box height, as ByteTrack's.
+_FPS = 30.0
+_MIN_SIDE = 1.0  # px: a predicted box never collapses
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerConfig:
+    high_threshold: float = 0.35  # first association and new tracks (the detector's threshold by default)
+    low_threshold: float = 0.1  # second association only: keeps tracks through score dips
+    match_iou: float = 0.2  # first association: IoU at least this
+    low_match_iou: float = 0.5  # second association (low-score detections are less reliable)
+    min_hits: int = 2  # hits before a track gets an id (one-frame false positives get none)
+    max_lost_s: float = 1.0  # a track unmatched this long is removed
+    max_predict_s: float = 0.5  # `box_at` extrapolates at most this far from the track's last update
+    # ByteTrack's position weight; its velocity weight (1/160) is raised 16x: results come a few times a
+    # second, not every frame, and a walking person turns within a second, so the velocity must follow
+    # within a few results (docs/benchmarks.md: box centre error at 380 px/s).
+    position_noise: float = 1.0 / 20.0
+    velocity_noise: float = 1.0 / 10.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low_threshold <= self.high_threshold <= 1.0:
+            raise ValueError("expected 0 <= low_threshold <= high_threshold <= 1")
+        if self.min_hits < 1 or self.max_lost_s <= 0 or self.max_predict_s < 0:
+            raise ValueError("min_hits >= 1, max_lost_s > 0 and max_predict_s >= 0 expected")
+        if self.position_noise <= 0 or self.velocity_noise <= 0:
+            raise ValueError("noise weights must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSnapshot:
+    """One track as of its last update: safe to read from another thread."""
+
+    track_id: int | None  # None until confirmed (min_hits)
+    class_id: int
+    label: str
+    score: float
+    mean: tuple[float, ...]  # cx, cy, w, h, vcx, vcy, vw, vh (px, px/s)
+    time: float  # seconds, the time of the frame of the last update
+    matched: bool  # updated by the latest result (False: coasting, lost)
+    max_predict_s: float
+
+    @property
+    def box(self) -> Box:
+        return _to_box(self.mean[:4])
+
+    @property
+    def velocity(self) -> tuple[float, float]:
+        return self.mean[4], self.mean[5]
+
+    def box_at(self, t: float) -> Box:
+        """The box moved to time `t` (seconds, the same clock as the updates) at the track's velocity."""
+        dt = min(max(t - self.time, -self.max_predict_s), self.max_predict_s)
+        m = self.mean
+        return _to_box((m[0] + m[4] * dt, m[1] + m[5] * dt, m[2] + m[6] * dt, m[3] + m[7] * dt))
+
+    def detection(self, box: Box | None = None) -> Detection:
+        return Detection(self.class_id, self.label, self.score, box or self.box, self.track_id)
+
+
+def _to_box(cxcywh: Sequence[float]) -> Box:
+    cx, cy, w, h = cxcywh
+    w, h = max(w, _MIN_SIDE), max(h, _MIN_SIDE)
+    return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def _measure(box: Box) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    return np.array([(x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, _MIN_SIDE), max(y2 - y1, _MIN_SIDE)])
+
+
+_H = np.eye(4, 8)
+
+
+class _Track:
+    def __init__(self, detection: Detection, t: float, config: TrackerConfig) -> None:
+        self._pos, self._vel = config.position_noise, config.velocity_noise
+        z = _measure(detection.box)
+        self.mean = np.concatenate([z, np.zeros(4)])
+        h = z[3]
+        std = np.array([2 * self._pos * h] * 4 + [10 * self._vel * h * _FPS] * 4)
+        self.cov = np.diag(np.square(std))
+        self.time = t
+        self.class_id, self.label, self.score = detection.class_id, detection.label, detection.score
+        self.hits = 1
+        self.track_id: int | None = None
+        self.last_matched = t
+        self.matched = True
+
+    def predict(self, t: float) -> None:
+        dt = t - self.time
+        if dt <= 0:
+            return
+        f = np.eye(8)
+        f[:4, 4:] = np.eye(4) * dt
+        h = self.mean[3]
+        frames = dt * _FPS  # ByteTrack's per-frame noise, once per frame interval elapsed
+        q = np.square([self._pos * h] * 4 + [self._vel * h * _FPS] * 4) * frames
+        self.mean = f @ self.mean
+        self.cov = f @ self.cov @ f.T + np.diag(q)
+        self.time = t
+
+    def update(self, detection: Detection, t: float) -> None:
+        z = _measure(detection.box)
+        r = np.diag(np.square([self._pos * self.mean[3]] * 4))
+        s = _H @ self.cov @ _H.T + r
+        gain = np.linalg.solve(s, (self.cov @ _H.T).T).T
+        self.mean = self.mean + gain @ (z - _H @ self.mean)
+        self.cov = (np.eye(8) - gain @ _H) @ self.cov
+        self.score = detection.score
+        self.hits += 1
+        self.last_matched = t
+        self.matched = True
+
+    @property
+    def box(self) -> Box:
+        return _to_box([float(v) for v in self.mean[:4]])
+
+    def snapshot(self, max_predict_s: float) -> TrackSnapshot:
+        return TrackSnapshot(
+            self.track_id,
+            self.class_id,
+            self.label,
+            self.score,
+            tuple(float(v) for v in self.mean),
+            self.time,
+            self.matched,
+            max_predict_s,
+        )
+
+
+def iou_matrix(a: Sequence[Box], b: Sequence[Box]) -> np.ndarray:
+    if not a or not b:
+        return np.zeros((len(a), len(b)))
+    pa, pb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    x1 = np.maximum(pa[:, None, 0], pb[None, :, 0])
+    y1 = np.maximum(pa[:, None, 1], pb[None, :, 1])
+    x2 = np.minimum(pa[:, None, 2], pb[None, :, 2])
+    y2 = np.minimum(pa[:, None, 3], pb[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (pa[:, 2] - pa[:, 0]) * (pa[:, 3] - pa[:, 1])
+    area_b = (pb[:, 2] - pb[:, 0]) * (pb[:, 3] - pb[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def _associate(
+    tracks: list[_Track], dets: list[Detection], min_iou: float
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Matched (track, detection) index pairs, unmatched tracks, unmatched detections. Same class only."""
+    if not tracks or not dets:
+        return [], list(range(len(tracks))), list(range(len(dets)))
+    iou = iou_matrix([t.box for t in tracks], [d.box for d in dets])
+    same = np.array([[t.class_id == d.class_id for d in dets] for t in tracks])
+    iou = np.where(same, iou, 0.0)
+    rows, cols = linear_sum_assignment(-iou)
+    pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= min_iou]
+    used_t, used_d = {r for r, _ in pairs}, {c for _, c in pairs}
+    return (
+        pairs,
+        [i for i in range(len(tracks)) if i not in used_t],
+        [j for j in range(len(dets)) if j not in used_d],
+    )
+
+
+class Tracker:
+    """One per video stream. Not thread-safe: call `update` from one thread at a time."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self._tracks: list[_Track] = []
+        self._ids = itertools.count(1)
+        self.last_id = 0  # the newest id given (ids count up from 1)
+        self.removed: list[TrackSnapshot] = []  # tracks dropped by the latest update (zone exits)
+
+    def update(self, detections: Sequence[Detection], t: float) -> tuple[TrackSnapshot, ...]:
+        """Associate one result's detections (frame time `t`, seconds, increasing) with the tracks.
+
+        Returns every live track (matched ones carry this frame's score; confirmed ones an id)."""
+        cfg = self.config
+        seen_last = {id(tr) for tr in self._tracks if tr.matched}
+        for track in self._tracks:
+            track.predict(t)
+            track.matched = False
+        high = [d for d in detections if d.score >= cfg.high_threshold]
+        low = [d for d in detections if cfg.low_threshold <= d.score < cfg.high_threshold]
+        confirmed = [tr for tr in self._tracks if tr.track_id is not None]
+        tentative = [tr for tr in self._tracks if tr.track_id is None]
+
+        # 1. High-score detections against every confirmed track (lost ones included).
+        pairs, rest_tracks, rest_high = _associate(confirmed, high, cfg.match_iou)
+        for ti, di in pairs:
+            confirmed[ti].update(high[di], t)
+        # 2. Low-score detections against the confirmed tracks seen by the previous result (not lost ones).
+        recent = [confirmed[i] for i in rest_tracks if id(confirmed[i]) in seen_last]
+        pairs, _, _ = _associate(recent, low, cfg.low_match_iou)
+        for ti, di in pairs:
+            recent[ti].update(low[di], t)
+        # 3. Tentative tracks against the high-score detections left.
+        high_left = [high[j] for j in rest_high]
+        pairs, _, new = _associate(tentative, high_left, cfg.match_iou)
+        for ti, di in pairs:
+            track = tentative[ti]
+            track.update(high_left[di], t)
+            if track.hits >= cfg.min_hits:
+                track.track_id = self.last_id = next(self._ids)
+        # 4. New tracks; a tentative track that missed once is gone, a confirmed one after max_lost_s.
+        self.removed = []
+        kept: list[_Track] = []
+        for track in self._tracks:
+            if track.matched or (track.track_id is not None and t - track.last_matched <= cfg.max_lost_s):
+                kept.append(track)
+            elif track.track_id is not None:
+                self.removed.append(track.snapshot(cfg.max_predict_s))
+        for j in new:
+            track = _Track(high_left[j], t, cfg)
+            if cfg.min_hits <= 1:
+                track.track_id = self.last_id = next(self._ids)
+            kept.append(track)
+        self._tracks = kept
+        return tuple(tr.snapshot(cfg.max_predict_s) for tr in self._tracks)
+
+
+def tracked_detections(tracks: Sequence[TrackSnapshot]) -> tuple[Detection, ...]:
+    """This result's detections with their ids: the tracks matched by it, at their filtered boxes."""
+    return tuple(tr.detection() for tr in tracks if tr.matched)
