@@ -323,3 +323,129 @@ def test_tensorrt_fp16_and_int8_engines_pass_the_gate(model_dir: Path, tmp_path:
     mtime = (tmp_path / "model.fp16.engine").stat().st_mtime_ns
     trt_build.build_engine(tmp_path, precision="fp16", max_batch=8)
     assert (tmp_path / "model.fp16.engine").stat().st_mtime_ns == mtime
+
+
+class _FakeBuilderConfig:
+    def __init__(self, log: dict[str, Any]) -> None:
+        self._log = log
+
+    def set_memory_pool_limit(self, *args: Any) -> None: ...
+
+    def set_flag(self, flag: str) -> None:
+        self._log.setdefault("flags", []).append(flag)
+
+    def add_optimization_profile(self, profile: Any) -> None: ...
+
+    def set_calibration_profile(self, profile: Any) -> None:
+        self._log["calibration_profile"] = profile.shapes
+
+    @property
+    def int8_calibrator(self) -> Any:
+        return self._log.get("calibrator")
+
+    @int8_calibrator.setter
+    def int8_calibrator(self, calibrator: Any) -> None:
+        self._log["calibrator"] = calibrator
+
+
+class _FakeProfile:
+    def __init__(self) -> None:
+        self.shapes: dict[str, Any] = {}
+
+    def set_shape(self, name: str, lo: Any, opt: Any, hi: Any) -> None:
+        self.shapes[name] = (lo, opt, hi)
+
+
+def _fake_tensorrt(log: dict[str, Any]) -> Any:
+    """Just enough of TensorRT's builder API for build_engine; the build 'calibrates' by pulling every batch."""
+
+    class Builder:
+        platform_has_fast_fp16 = True
+
+        def __init__(self, logger: Any) -> None: ...
+
+        def create_network(self, flags: int) -> object:
+            return object()
+
+        def create_builder_config(self) -> _FakeBuilderConfig:
+            return _FakeBuilderConfig(log)
+
+        def create_optimization_profile(self) -> _FakeProfile:
+            return _FakeProfile()
+
+        def build_serialized_network(self, network: Any, config: Any) -> bytes:
+            calibrator = log.get("calibrator")
+            if calibrator is not None and calibrator.read_calibration_cache() is None:
+                batches = 0
+                while calibrator.get_batch(["input"]) is not None:
+                    batches += 1
+                log["calibrated_batches"] = batches
+                calibrator.write_calibration_cache(b"calibration-table")
+            return b"serialized-engine"
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network: Any, logger: Any) -> None: ...
+
+        def parse(self, data: bytes) -> bool:
+            return True
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level: int) -> None: ...
+
+    class _Calibrator:
+        def __init__(self) -> None: ...
+
+    return types.SimpleNamespace(
+        __version__="10.9", Builder=Builder, OnnxParser=OnnxParser, Logger=Logger,
+        IInt8EntropyCalibrator2=_Calibrator, MemoryPoolType=types.SimpleNamespace(WORKSPACE="ws"),
+        BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8"),
+    )  # fmt: skip
+
+
+def test_int8_build_calibrates_once_on_the_photos_then_reuses_the_cache(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch, photos: dict[str, np.ndarray]
+) -> None:
+    """build_engine's INT8 path with a stand-in TensorRT and CUDA runtime: flags, calibration profile,
+    every photo through the calibrator, the cache and the sidecar; a second build with other photos
+    rebuilds, the same photos reuse everything."""
+    runtime = _FakeRuntime()
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.runtime = runtime  # type: ignore[attr-defined]
+    cuda = types.ModuleType("cuda")
+    cuda.bindings = bindings  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+    log: dict[str, Any] = {}
+    monkeypatch.setattr(trt_build, "import_tensorrt", lambda: _fake_tensorrt(log))
+    monkeypatch.setattr(trt_build, "gpu_identity", lambda: {"gpu": "stand-in", "compute_capability": "9.0"})
+    shutil.copy(model_dir / "model.json", tmp_path / "model.json")
+    (tmp_path / "model.onnx").symlink_to(model_dir / "model.onnx")
+    items = [Photo(f"p/{name}", image) for name, image in photos.items()]
+
+    path = trt_build.build_engine(tmp_path, precision="int8", max_batch=4, photos=items)
+    assert path == tmp_path / "model.int8.engine" and path.read_bytes() == b"serialized-engine"
+    assert log["flags"] == ["FP16", "INT8"]
+    spec = ModelSpec.load(tmp_path)
+    one = (1, *input_shape(spec))
+    assert log["calibration_profile"] == {spec.input_name: (one, one, one)}
+    assert log["calibrated_batches"] == len(items)
+    assert (tmp_path / trt_build.CALIBRATION_CACHE).read_bytes() == b"calibration-table"
+    meta = json.loads(trt_build.sidecar_path(path).read_text())
+    assert meta["precision"] == "int8" and meta["gpu"] == "stand-in" and meta["max_batch"] == 4
+    assert meta["calibration"]["images"] == len(items) and meta["calibration"]["method"] == "entropy2"
+    assert runtime.freed  # the calibration buffer is released after the build
+    assert engine_file_for(tmp_path, "int8") == path
+
+    mtime = path.stat().st_mtime_ns
+    trt_build.build_engine(tmp_path, precision="int8", max_batch=4, photos=items)
+    assert path.stat().st_mtime_ns == mtime  # current: not rebuilt
+
+    log.clear()
+    trt_build.build_engine(tmp_path, precision="int8", max_batch=4, photos=items[:2])
+    assert log["calibrated_batches"] == 2  # other photos: the old cache's key does not match
+    assert json.loads(trt_build.sidecar_path(path).read_text())["calibration"]["images"] == 2
