@@ -242,7 +242,7 @@ BAD_REQUESTS: dict[str, tuple[pb.DetectRequest, grpc.StatusCode, str]] = {
 }
 
 
-async def test_garbage_in_a_stream_is_a_clean_status(grpc_port: int) -> None:
+async def test_garbage_in_a_stream_is_a_clean_status(http: httpx.AsyncClient, grpc_port: int) -> None:
     async def requests() -> AsyncIterator[bytes]:
         yield b"\xff\xff\xff\xff garbage"
 
@@ -274,7 +274,9 @@ async def test_message_over_the_receive_limit_is_refused_by_grpc(
     await assert_still_serves(client, good_jpeg)
 
 
-async def test_garbage_bytes_for_a_message_is_a_clean_status(grpc_port: int, good_jpeg: bytes) -> None:
+async def test_garbage_bytes_for_a_message_is_a_clean_status(
+    http: httpx.AsyncClient, grpc_port: int, good_jpeg: bytes
+) -> None:
     # Not a DetectRequest at all: the server's deserializer refuses it.
     async with grpc.aio.insecure_channel(f"{LOOPBACK}:{grpc_port}") as channel:
         call = channel.unary_unary("/rtdetect.v1.DetectService/Detect")
@@ -290,7 +292,9 @@ async def test_garbage_bytes_for_a_message_is_a_clean_status(grpc_port: int, goo
 # --- health, reflection, metrics ------------------------------------------------------------------------
 
 
-async def test_health_and_reflection_with_a_generic_client(grpc_port: int, good_jpeg: bytes) -> None:
+async def test_health_and_reflection_with_a_generic_client(
+    http: httpx.AsyncClient, grpc_port: int, good_jpeg: bytes
+) -> None:
     def generic() -> tuple[list[str], list[str], dict, dict, dict]:
         reflection = ReflectionClient(f"{LOOPBACK}:{grpc_port}")
         try:
@@ -322,7 +326,7 @@ async def test_health_and_reflection_with_a_generic_client(grpc_port: int, good_
     )
 
 
-async def test_health_watch_streams_the_status(grpc_port: int) -> None:
+async def test_health_watch_streams_the_status(http: httpx.AsyncClient, grpc_port: int) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     async with grpc.aio.insecure_channel(f"{LOOPBACK}:{grpc_port}") as channel:
@@ -332,15 +336,35 @@ async def test_health_watch_streams_the_status(grpc_port: int) -> None:
     assert first.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_sync_client_and_cli_health(grpc_port: int) -> None:
+async def test_sync_client_and_cli(
+    http: httpx.AsyncClient,
+    grpc_port: int,
+    good_jpeg: bytes,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from detect_api.client import main
 
-    def check() -> tuple[str, int]:
-        with DetectClient(f"{LOOPBACK}:{grpc_port}") as sync:
-            status = sync.health("rtdetect.v1.DetectService")
-        return status, main(["--target", f"{LOOPBACK}:{grpc_port}", "health"])
+    photo = tmp_path / "astronaut.jpg"
+    photo.write_bytes(good_jpeg)
+    target = f"{LOOPBACK}:{grpc_port}"
 
-    assert await asyncio.to_thread(check) == ("SERVING", 0)
+    def use() -> tuple[str, list[int], int, int]:
+        with DetectClient(target) as sync:
+            status = sync.health("rtdetect.v1.DetectService")
+            ids = [r.frame_id for r in sync.stream([(5, good_jpeg), (6, good_jpeg)])]
+        return (
+            status,
+            ids,
+            main(["--target", target, "health"]),
+            main(["--target", target, "detect", str(photo)]),
+        )
+
+    status, ids, health_rc, detect_rc = await asyncio.to_thread(use)
+    assert status == "SERVING" and health_rc == 0 and detect_rc == 0
+    assert ids and ids[-1] == 6  # the last frame is always answered; an earlier one may be dropped
+    printed = capsys.readouterr().out
+    assert '"label": "person"' in printed
 
 
 async def test_calls_are_counted_by_method_and_code(
