@@ -266,6 +266,18 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+async def room(request: web.Request) -> web.Response:
+    """Whether this replica takes a new peer: the front's health check for new offers (docs/scale.md).
+    200 with the live peer count while there is room; 503 with Retry-After when full or not ready."""
+    state = request.app[STATE]
+    if not state.detector.ready:
+        raise ApiError(503, "not_ready", "the model is not loaded", retry_after=state.settings.retry_after_s)
+    count, limit = len(state.peers), state.settings.max_peers
+    if count >= limit:
+        raise _too_many_peers(state.settings)
+    return web.json_response({"peers": count, "max_peers": limit, "room": limit - count})
+
+
 async def peers(request: web.Request) -> web.Response:
     state = request.app[STATE]
     return web.json_response(
@@ -334,6 +346,7 @@ def create_app(
     app.router.add_get("/config", client_config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/room", room)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/peers", peers)
     app.on_startup.append(_startup)
