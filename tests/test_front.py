@@ -160,6 +160,14 @@ async def test_detect_api_through_the_front_with_the_trusted_internal_ca(
             async with http.get(front.url + path) as resp:
                 assert resp.status == 404
                 assert (await resp.json())["error"] == "not_found"
+        # The front keeps the Host header, so the media server's same-origin check on /offer still tells a
+        # page of this origin (the browser test below) from another site's.
+        offer = {"sdp": "v=0\r\n", "type": "offer"}
+        async with http.post(
+            f"{front.url}/live/offer", json=offer, headers={"Origin": "https://elsewhere.example"}
+        ) as resp:
+            assert resp.status == 403, await resp.text()
+            assert (await resp.json())["error"] == "forbidden_origin"
         # An upstream that is down: the front's own error, in the services' JSON shape.
         async with http.get(f"{front.url}/grafana/") as resp:
             assert resp.status == 502
