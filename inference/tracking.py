@@ -38,11 +38,11 @@ class TrackerConfig:
     min_hits: int = 2  # hits before a track gets an id (one-frame false positives get none)
     max_lost_s: float = 1.0  # a track unmatched this long is removed
     max_predict_s: float = 0.5  # `box_at` extrapolates at most this far from the track's last update
-    # ByteTrack's position weight; its velocity weight (1/160) is raised 16x: results come a few times a
+    # ByteTrack's position weight; its velocity weight (1/160) is raised 4x: results come a few times a
     # second, not every frame, and a walking person turns within a second, so the velocity must follow
     # within a few results (docs/benchmarks.md: box centre error at 380 px/s).
     position_noise: float = 1.0 / 20.0
-    velocity_noise: float = 1.0 / 10.0
+    velocity_noise: float = 1.0 / 40.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_threshold <= self.high_threshold <= 1.0:

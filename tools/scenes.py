@@ -15,8 +15,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from av import VideoFrame
 
 from inference.types import Box
+from tools.synthetic import NumberedTrack, strip_height
 
 MESSI = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")  # Debian opencv-doc
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -145,3 +147,26 @@ def read_clip(path: Path = VTEST, *, frames: int, step: int = 1) -> list[np.ndar
     finally:
         capture.release()
     return out
+
+
+class SceneTrack(NumberedTrack):
+    """A `Scene` as a live video track: frame n shows the scene at n / fps, numbered in its code strip, so
+    a receiver knows each frame's ground truth (`truth(n)`)."""
+
+    def __init__(self, scene: Scene, *, fps: float = 30.0) -> None:
+        super().__init__(scene.render(0.0)[0], fps=fps, width=scene.width, height=scene.height)
+        self.scene = scene
+
+    def truth(self, number: int) -> list[Box]:
+        return self.scene.render(number / self.fps)[1]
+
+    async def recv(self) -> VideoFrame:
+        frame_bgr, _ = self.scene.render(self.sent / self.fps)
+        i420 = np.asarray(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
+        # Neutral chroma under the code strip, as NumberedTrack's background has.
+        w, h, sh = self.width, self.height, strip_height(self.height)
+        chroma = i420.reshape(-1)[w * h :]
+        chroma[: chroma.size // 2].reshape(h // 2, w // 2)[(h - sh) // 2 :] = 128
+        chroma[chroma.size // 2 :].reshape(h // 2, w // 2)[(h - sh) // 2 :] = 128
+        self._base = i420
+        return await super().recv()
