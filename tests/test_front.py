@@ -311,3 +311,18 @@ def test_tls_modes_from_the_environment(tmp_path: Path) -> None:
     # auto: nothing explicit for a public name (Caddy's default ACME issuers) or an IP (Caddy picks its CA).
     assert issuers(policies(FRONT_SITE="detect.example.com")) == []
     assert issuers(policies(FRONT_SITE="192.168.1.20")) == []
+
+
+def test_caddyfile_is_valid_and_formatted(tmp_path: Path) -> None:
+    """What compose mounts must load (defaults as compose sets them) and be as `caddy fmt` writes it."""
+    caddy = require_caddy()
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [caddy, "validate", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    formatted = subprocess.run(
+        [caddy, "fmt", str(CADDYFILE)], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert formatted == CADDYFILE.read_text()
