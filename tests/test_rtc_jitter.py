@@ -288,3 +288,24 @@ async def test_a_lost_packet_never_yields_a_partial_frame(codec: str) -> None:
     assert len(released) >= 4
     assert all(f.data == whole[f.timestamp] for f in released), "a frame reached the decoder partial"
     assert state["lost"] not in {f.timestamp for f in released}
+
+
+async def test_the_media_server_and_the_ui_relay_receive_through_the_marker_buffer() -> None:
+    from tests.media_support import FakeDetector, loopback_settings, running_server
+    from web.ice import aiortc_configuration
+    from web.relay import MediaServerRelay
+
+    async with running_server(loopback_settings(), FakeDetector()) as server:
+        relay = MediaServerRelay(server.url, aiortc_configuration([]), connect_timeout_s=10)
+        relay.addTrack(ScriptedTrack(_photo_frames(90)))
+        relay.start()
+        await asyncio.wait_for(relay.output.recv(), 15)  # the annotated video is back
+        session = next(iter(server.state.peers))
+        pcs = {"server": session.pc, "relay": relay._pc}
+        for name, pc in pcs.items():
+            assert pc is not None
+            (receiver,) = [t.receiver for t in pc.getTransceivers() if t.kind == "video"]
+            buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+            assert isinstance(buffer, MarkerJitterBuffer), name
+        await asyncio.to_thread(relay.stop)
+        assert await asyncio.to_thread(relay.wait_closed, 10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import streamlit as st
 from pydantic import ValidationError
 
+from rtc.jitter import install_marker_jitter_buffer
 from web import live_page, upload_page
 from web.ice import restrict_host_candidates
 from web.settings import Settings
@@ -51,6 +52,8 @@ def main() -> None:
         st.stop()
     # Process-wide (aioice has no per-connection option); idempotent, so every run may call it.
     restrict_host_candidates(settings.ice_host_addresses)
+    # Both of the relay's WebRTC legs release video frames on the RTP marker bit (rtc/jitter.py).
+    install_marker_jitter_buffer()
     sidebar(settings)
     page = st.navigation(
         [

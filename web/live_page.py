@@ -141,6 +141,22 @@ def show_stats(snap: LiveSnapshot) -> None:
     st.caption(f"Latest detections{size}")
     # st.table, not st.dataframe: plain HTML, small, and readable by the browser test.
     st.table(live_table(snap))
+    if snap.events:
+        st.caption("Zone and line events")
+        st.table(
+            pd.DataFrame(
+                [
+                    {
+                        "event": e.get("type"),
+                        "name": e.get("name"),
+                        "id": e.get("track_id"),
+                        "label": e.get("label"),
+                        "direction": e.get("direction", ""),
+                    }
+                    for e in reversed(snap.events)
+                ]
+            )
+        )
 
 
 def _ms(value: float | None) -> str:
@@ -153,6 +169,7 @@ def live_table(snap: LiveSnapshot) -> pd.DataFrame:
         x1, y1, x2, y2 = (round(float(v)) for v in d.get("box", (0, 0, 0, 0)))
         rows.append(
             {
+                "id": d.get("track_id", ""),
                 "label": d.get("label"),
                 "score": f"{float(d.get('score', 0)):.2f}",
                 "x1": x1,
@@ -161,4 +178,4 @@ def live_table(snap: LiveSnapshot) -> pd.DataFrame:
                 "y2": y2,
             }
         )
-    return pd.DataFrame(rows, columns=["label", "score", "x1", "y1", "x2", "y2"])
+    return pd.DataFrame(rows, columns=["id", "label", "score", "x1", "y1", "x2", "y2"])

@@ -36,10 +36,13 @@ from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessi
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
+from rtc.jitter import install_marker_jitter_buffer
+from rtc.messages import DATA_CHANNEL_LABEL
+
 logger = logging.getLogger(__name__)
 
-DATA_CHANNEL_LABEL = "detections"
 RATE_WINDOW_S = 2.0
+RECENT_EVENTS = 20  # zone and line events kept for the page
 PING_INTERVAL_S = 1.0
 
 
@@ -141,6 +144,7 @@ class LiveSnapshot:
     round_trip_ms: float | None  # data channel ping -> pong, relay <-> media server
     frames_dropped: int  # frames skipped at the relay because a newer one arrived first
     last_message: Mapping[str, Any] | None
+    events: tuple[Mapping[str, Any], ...] = ()  # the latest zone and line events, newest last
 
 
 class LiveStats:
@@ -153,6 +157,7 @@ class LiveStats:
         self._last: Mapping[str, Any] | None = None
         self._results = 0
         self._round_trip_ms: float | None = None
+        self._events: collections.deque[Mapping[str, Any]] = collections.deque(maxlen=RECENT_EVENTS)
         self.camera = RateMeter()
         self.returned = RateMeter()
         self.detection = RateMeter()
@@ -181,6 +186,9 @@ class LiveStats:
             with self._lock:
                 self._last = message
                 self._results += 1
+        elif kind == "events" and isinstance(message.get("events"), list):
+            with self._lock:
+                self._events.extend(e for e in message["events"] if isinstance(e, dict))
         elif kind == "pong" and isinstance(message.get("t"), int | float):
             sent = float(message["t"])
             with self._lock:
@@ -193,6 +201,7 @@ class LiveStats:
             last = self._last
             state, error, results = self._state, self._error, self._results
             round_trip_ms = self._round_trip_ms
+            events = tuple(self._events)
 
         def number(key: str) -> float | None:
             value = last.get(key) if last else None
@@ -211,6 +220,7 @@ class LiveStats:
             round_trip_ms=round_trip_ms,
             frames_dropped=self._dropped(),
             last_message=last,
+            events=events,
         )
 
 
@@ -372,6 +382,7 @@ class MediaServerRelay:
         self.stop()
 
     async def _connect(self) -> None:
+        install_marker_jitter_buffer()  # idempotent; web/app.py installs it for streamlit-webrtc's leg too
         pc = RTCPeerConnection(self._configuration)
         self._pc = pc
         pc.addTrack(self._upstream)  # a sendrecv transceiver: the annotated track comes back on it
