@@ -30,6 +30,8 @@ GRID_WIDTH = 24
 INSTANCE = 'instance=~"$instance"'
 SERVERS = f'job=~"detect-api|media-server", {INSTANCE}'
 API = f'job="detect-api", {INSTANCE}'
+# Triton's series come from its own target (the `scale` profile): the servers' instance filter does not apply.
+TRITON = '{job="triton"}'
 
 # Grafana has no frames-per-second unit: a custom suffix.
 FPS = "suffix: fps"
@@ -372,6 +374,69 @@ def rows() -> list[Row]:
                         Query("DCGM_FI_DEV_POWER_USAGE", "GPU {{gpu}} (dcgm)"),
                     ),
                     "watt",
+                ),
+            ],
+        ),
+        Row(
+            # Triton's own metrics (the compose `scale` profile): empty where no Triton runs.
+            "Triton (engine tier)",
+            [
+                Panel(
+                    "Triton requests/s",
+                    "Inference requests Triton completed per second for each model, from every server "
+                    "process that uses it, and the executions it ran them in.",
+                    (
+                        Query(
+                            f"sum by (model) (rate(nv_inference_request_success{TRITON}[$__rate_interval]))",
+                            "{{model}} requests/s",
+                        ),
+                        Query(
+                            f"sum by (model) (rate(nv_inference_exec_count{TRITON}[$__rate_interval]))",
+                            "{{model}} executions/s",
+                        ),
+                    ),
+                    "reqps",
+                    width=6,
+                ),
+                Panel(
+                    "Triton batch size",
+                    "Images per execution: Triton's dynamic batching across requests and processes.",
+                    (
+                        Query(
+                            f"sum by (model) (rate(nv_inference_count{TRITON}[$__rate_interval])) / "
+                            f"sum by (model) (rate(nv_inference_exec_count{TRITON}[$__rate_interval]))",
+                            "{{model}}",
+                        ),
+                    ),
+                    "none",
+                    width=6,
+                ),
+                Panel(
+                    "Triton queue and compute time",
+                    "Mean time per request waiting in Triton's queue (the batching delay included) and "
+                    "computing (the model itself), per model.",
+                    (
+                        Query(
+                            f"sum by (model) (rate(nv_inference_queue_duration_us{TRITON}[$__rate_interval])) / 1e6 / "
+                            f"sum by (model) (rate(nv_inference_request_success{TRITON}[$__rate_interval]))",
+                            "{{model}} queue",
+                        ),
+                        Query(
+                            f"sum by (model) (rate(nv_inference_compute_infer_duration_us{TRITON}[$__rate_interval])) / 1e6 / "
+                            f"sum by (model) (rate(nv_inference_request_success{TRITON}[$__rate_interval]))",
+                            "{{model}} compute",
+                        ),
+                    ),
+                    "s",
+                    width=6,
+                ),
+                Panel(
+                    "Triton GPU",
+                    "GPU utilisation as Triton reports it for the GPUs it serves from.",
+                    (Query(f"nv_gpu_utilization{TRITON}", "GPU {{gpu_uuid}}"),),
+                    "percentunit",
+                    width=6,
+                    max=1,
                 ),
             ],
         ),
