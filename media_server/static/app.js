@@ -19,7 +19,10 @@
     fpsSent: $("fps-sent"), fpsReceived: $("fps-received"), rtt: $("rtt"), inference: $("inference"),
     age: $("age"), count: $("count"), dropped: $("dropped"),
     auth: $("auth"), apiKey: $("api-key"), authMessage: $("auth-message"), authCancel: $("auth-cancel"),
+    canvas: $("zones"), drawMode: $("draw-mode"), zoneClose: $("zone-close"), zonesClear: $("zones-clear"),
+    events: $("events"),
   };
+  const MAX_EVENTS = 50;
 
   const state = {
     status: "idle",
@@ -34,6 +37,12 @@
     rttMs: [], // recent round trips measured from stamped frame numbers
     error: null,
     keyRequested: false, // the server asked for an API key (tests read this)
+    // This stream's zones and lines, normalised [0, 1] coordinates (the data channel's "zones" message).
+    zones: [],
+    lines: [],
+    draft: [], // corners of the zone being drawn
+    zonesAccepted: null, // the server's answer to the last "zones" message
+    events: [], // zone_enter / zone_exit / line_cross, newest last
   };
   window.rtdetect = state;
 
@@ -226,10 +235,103 @@
       state.results += 1;
       state.lastResult = message;
       renderResult(message);
+    } else if (message.type === "events") {
+      state.events.push(...message.events);
+      state.events.splice(0, Math.max(0, state.events.length - MAX_EVENTS));
+      renderEvents();
+    } else if (message.type === "zones") {
+      state.zonesAccepted = message;
     } else if (message.type === "error") {
       showError(`server: ${message.detail}`);
     }
   }
+
+  function renderEvents() {
+    const items = state.events.slice().reverse().map((e) => {
+      const li = document.createElement("li");
+      const what = e.type === "line_cross" ? `crossed ${e.name} (${e.direction})` : `${e.type === "zone_enter" ? "entered" : "left"} ${e.name}`;
+      li.textContent = `${e.label} ${e.track_id} ${what}`;
+      return li;
+    });
+    ui.events.replaceChildren(...items);
+  }
+
+  // --- zones and lines, drawn on the video ---------------------------------------------------------
+
+  function pointOf(event) {
+    const rect = ui.canvas.getBoundingClientRect();
+    const clamp = (v) => Math.min(1, Math.max(0, v));
+    return [clamp((event.clientX - rect.left) / rect.width), clamp((event.clientY - rect.top) / rect.height)];
+  }
+
+  function drawZones() {
+    const ctx = ui.canvas.getContext("2d");
+    const { width, height } = ui.canvas;
+    ctx.clearRect(0, 0, width, height);
+    ctx.lineWidth = 2;
+    ctx.font = "14px system-ui, sans-serif";
+    const path = (points) => {
+      ctx.beginPath();
+      points.forEach(([x, y], i) => (i ? ctx.lineTo(x * width, y * height) : ctx.moveTo(x * width, y * height)));
+    };
+    ctx.strokeStyle = ctx.fillStyle = "#4cc38a";
+    for (const zone of state.zones) {
+      path(zone.polygon);
+      ctx.closePath();
+      ctx.stroke();
+      ctx.fillText(zone.name, zone.polygon[0][0] * width + 4, zone.polygon[0][1] * height + 16);
+    }
+    ctx.strokeStyle = ctx.fillStyle = "#f5a524";
+    for (const line of state.lines) {
+      path([line.a, line.b]);
+      ctx.stroke();
+      ctx.fillText(line.name, line.a[0] * width + 4, line.a[1] * height + 16);
+    }
+    if (state.draft.length) {
+      ctx.strokeStyle = ctx.fillStyle = "#ffffff";
+      path(state.draft);
+      ctx.stroke();
+      for (const [x, y] of state.draft) ctx.fillRect(x * width - 3, y * height - 3, 6, 6);
+    }
+  }
+
+  function sendZones() {
+    drawZones();
+    if (channel && channel.readyState === "open") {
+      channel.send(JSON.stringify({ type: "zones", zones: state.zones, lines: state.lines }));
+    }
+  }
+
+  function closeZone() {
+    if (state.draft.length < 3) return;
+    state.zones.push({ name: `zone ${state.zones.length + 1}`, polygon: state.draft });
+    state.draft = [];
+    sendZones();
+  }
+
+  ui.canvas.addEventListener("click", (event) => {
+    state.draft.push(pointOf(event));
+    if (ui.drawMode.value === "line" && state.draft.length === 2) {
+      const [a, b] = state.draft;
+      state.lines.push({ name: `line ${state.lines.length + 1}`, a, b });
+      state.draft = [];
+      sendZones();
+      return;
+    }
+    drawZones();
+  });
+  ui.canvas.addEventListener("dblclick", closeZone);
+  ui.zoneClose.addEventListener("click", closeZone);
+  ui.zonesClear.addEventListener("click", () => {
+    state.zones = [];
+    state.lines = [];
+    state.draft = [];
+    sendZones();
+  });
+  ui.drawMode.addEventListener("change", () => {
+    state.draft = [];
+    drawZones();
+  });
 
   function renderResult(message) {
     ui.inference.textContent = `${message.inference_ms.toFixed(1)} ms`;
@@ -238,7 +340,8 @@
     ui.dropped.textContent = `${message.frames_dropped} of ${message.frames_in}`;
     const rows = message.detections.map((d) => {
       const tr = document.createElement("tr");
-      for (const text of [d.label, d.score.toFixed(2), d.box.map((v) => v.toFixed(0)).join(", ")]) {
+      const id = d.track_id === undefined ? "" : String(d.track_id);
+      for (const text of [d.label, d.score.toFixed(2), d.box.map((v) => v.toFixed(0)).join(", "), id]) {
         const td = document.createElement("td");
         td.textContent = text;
         tr.appendChild(td);
@@ -344,7 +447,10 @@
       preferCodec(transceiver, ui.codec.value);
       channel = pc.createDataChannel("detections");
       channel.addEventListener("message", onMessage);
-      channel.addEventListener("open", sendThreshold);
+      channel.addEventListener("open", () => {
+        sendThreshold();
+        if (state.zones.length || state.lines.length) sendZones();
+      });
 
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIceGathering(pc);
