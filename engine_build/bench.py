@@ -208,7 +208,7 @@ def _api_server(
     env = {"RTDETECT_MODEL_DIR": str(model_dir), "RTDETECT_PORT": str(port), "RTDETECT_HOST": LOOPBACK,
            "RTDETECT_BACKEND": "onnxruntime", "RTDETECT_PRECISION": "fp32",
            "RTDETECT_ONNXRUNTIME__INTRA_OP_THREADS": str(threads), "RTDETECT_LOG_LEVEL": "warning",
-           "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0", **extra_env}  # fmt: skip
+           "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0", "RTDETECT_GRPC_PORT": "0", **extra_env}  # fmt: skip
     return server_process(
         [sys.executable, "-m", "detect_api"],
         env=env,
@@ -358,7 +358,7 @@ def bench_engines(
     stats: dict[str, list[Stat]] = {label: [] for label in engines}
     for batch_size in BEST_BATCHES:
         batch, _ = preprocess([images[i % len(images)] for i in range(batch_size)], spec)
-        runs = iterations if batch_size == 1 else max(10, iterations // 3)
+        runs = iterations if batch_size == 1 else max(5, iterations // 4)
         fitting = {k: e for k, e in engines.items() if e.max_batch_size >= batch_size}
         for label, samples in time_engines(fitting, batch, runs).items():
             stats[label].append(Stat(label, batch_size, samples))
@@ -390,7 +390,7 @@ def _engine_lines(
         f"Machine: {machine_description()}; CPU flags that decide reduced precision: "
         f"{' '.join(machine.flags) or 'none'}; GPU: {machine.gpu or 'none'}. "
         f"Model: {spec.name} ({spec.input_width}x{spec.input_height}), {iterations} interleaved iterations "
-        f"per engine at batch 1 (a third of that at batches {', '.join(map(str, BEST_BATCHES[1:]))}), "
+        f"per engine at batch 1 (a quarter of that at batches {', '.join(map(str, BEST_BATCHES[1:]))}), "
         f"intra-op threads: {threads or 'all cores'}. Gate: mAP@0.5:0.95 against ONNX Runtime FP32 on the "
         "evaluation photos (`python -m engine_build precision`).",
         "",
@@ -433,6 +433,8 @@ def run_bench(
     machine = current_machine()
     _progress(f"engines for {spec.name} on {machine.cpu} (threads={threads or 'all'})")
     rows = bench_engines(model_dir, spec, images, iterations, threads)
+    for line in _engine_lines(rows, machine, spec, iterations, threads):  # now: /detect takes minutes more
+        _progress(line)
     if engines_only:
         body = "## Engines (`python -m engine_build bench --engines-only`)\n\n" + "\n".join(
             [
