@@ -35,7 +35,7 @@ from inference.gate import GateRecord, Machine, current_machine, load_gate
 from inference.pipeline import CPU_WORKERS
 from inference.preprocess import preprocess
 from inference.spec import ModelSpec
-from engine_build.servers import LOOPBACK, ServerProcess, free_port, server_process
+from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
 
 SECTION = "engine_build.bench"
 
