@@ -324,6 +324,35 @@ def rows() -> list[Row]:
                     "s",
                     thresholds=((0.033, "orange"), (0.1, "red")),
                 ),
+                Panel(
+                    "Zone and line events per minute",
+                    "Tracked objects entering and leaving zones and crossing lines (in / out), by zone or line "
+                    'configured on the media server; zones a viewer drew for their own stream count as "peer".',
+                    (
+                        Query(
+                            "60 * sum by (zone, event) "
+                            f"(rate(rtdetect_live_zone_events_total{{{INSTANCE}}}[$__rate_interval]))",
+                            "{{zone}} {{event}}",
+                        ),
+                    ),
+                    "short",
+                ),
+                Panel(
+                    "Tracks started and results dropped per second",
+                    "New track ids (objects entering the scene, or tracks lost and found again) and data-channel "
+                    "messages not sent because a viewer was not reading them.",
+                    (
+                        Query(
+                            f"sum(rate(rtdetect_live_tracks_started_total{{{INSTANCE}}}[$__rate_interval]))",
+                            "tracks started",
+                        ),
+                        Query(
+                            f"sum(rate(rtdetect_live_results_dropped_total{{{INSTANCE}}}[$__rate_interval]))",
+                            "results dropped",
+                        ),
+                    ),
+                    "short",
+                ),
             ],
         ),
         Row(
