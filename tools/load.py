@@ -140,6 +140,7 @@ class LiveLevel:
     rtt_p95_ms: float
     rtt_p99_ms: float
     results_per_peer: float  # detection results per second per peer
+    drift_pct: float  # worst peer: mean round trip of the window's last tenth vs its first tenth
     cpu_per_peer_pct: float | None  # of one core, all servers together, per peer
     dropped_inference: float
     dropped_output: float
@@ -212,11 +213,16 @@ def _measure(
     refused: int,
 ) -> LiveLevel:
     duration = end - start
-    fps, rtts, results = [], [], []
+    fps, rtts, results, drifts = [], [], [], []
     for peer, arrivals in peers:
         window = [e for e in peer.echoes if start <= e.received < end]
         fps.append(len(window) / duration)
-        rtts += [e.rtt * 1e3 for e in window if e.rtt is not None]
+        own = [e.rtt * 1e3 for e in window if e.rtt is not None]
+        rtts += own
+        if len(own) >= 20:
+            tenth = len(own) // 10
+            first, last = statistics.fmean(own[:tenth]), statistics.fmean(own[-tenth:])
+            drifts.append((last - first) / first * 100)
         results.append(sum(1 for t in arrivals if start <= t < end) / duration)
     cpu = _delta(before, after, "cpu") if all("cpu" in s for s in after) and after else None
     pct = lambda q: float(np.percentile(rtts, q)) if rtts else float("nan")  # noqa: E731
@@ -229,6 +235,7 @@ def _measure(
         rtt_p95_ms=pct(95),
         rtt_p99_ms=pct(99),
         results_per_peer=statistics.fmean(results) if results else 0.0,
+        drift_pct=max(drifts) if drifts else float("nan"),
         cpu_per_peer_pct=(cpu / duration * 100 / len(peers)) if cpu is not None and peers else None,
         dropped_inference=_delta(before, after, "dropped_inference"),
         dropped_output=_delta(before, after, "dropped_output"),
@@ -253,7 +260,8 @@ def _row_text(level: LiveLevel) -> str:
     cpu = f"{level.cpu_per_peer_pct:.0f} %" if level.cpu_per_peer_pct is not None else "n/a"
     return (
         f"{level.peers} peers: {level.fps_min:.1f}/{level.fps_mean:.1f} FPS (min/mean), RTT p50/p95/p99 "
-        f"{level.rtt_p50_ms:.0f}/{level.rtt_p95_ms:.0f}/{level.rtt_p99_ms:.0f} ms, {level.results_per_peer:.1f} "
+        f"{level.rtt_p50_ms:.0f}/{level.rtt_p95_ms:.0f}/{level.rtt_p99_ms:.0f} ms (drift {level.drift_pct:+.0f} %), "
+        f"{level.results_per_peer:.1f} "
         f"results/s per peer, server CPU {cpu} per peer, dropped {level.dropped_inference:.0f} (inference) "
         f"{level.dropped_output:.0f} (output)"
     )
@@ -261,7 +269,7 @@ def _row_text(level: LiveLevel) -> str:
 
 def render_live(levels: Sequence[LiveLevel], args: argparse.Namespace, note: str) -> str:
     lines = [
-        "## Load: live streams (`python -m tools.load live`)",
+        f"## Load: live streams{': ' + args.title if args.title else ''} (`python -m tools.load live`)",
         "",
         f"Target: {args.url} ({len(args.metrics or [args.url])} server(s) measured); {args.width}x{args.height} at "
         f"{args.fps:g} fps per peer, a real photo panning; {args.seconds:g} s per level after {args.warmup:g} s "
@@ -271,16 +279,17 @@ def render_live(levels: Sequence[LiveLevel], args: argparse.Namespace, note: str
         "",
         f"Machine: {machine_description()}. {note}".rstrip(),
         "",
-        "| peers | FPS min | FPS mean | RTT p50 | p95 | p99 | results/s per peer | server CPU per peer "
+        "| peers | FPS min | FPS mean | RTT p50 | p95 | p99 | drift | results/s per peer | server CPU per peer "
         "| dropped (inference) | dropped (output) | verdict |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for lv in levels:
         cpu = f"{lv.cpu_per_peer_pct:.0f} %" if lv.cpu_per_peer_pct is not None else "n/a"
         verdict = "meets the bar" if lv.passed else "misses: " + "; ".join(lv.misses)
         lines.append(
             f"| {lv.peers} | {lv.fps_min:.1f} | {lv.fps_mean:.1f} | {lv.rtt_p50_ms:.0f} ms | {lv.rtt_p95_ms:.0f} ms "
-            f"| {lv.rtt_p99_ms:.0f} ms | {lv.results_per_peer:.1f} | {cpu} | {lv.dropped_inference:.0f} "
+            f"| {lv.rtt_p99_ms:.0f} ms | {lv.drift_pct:+.0f} % | {lv.results_per_peer:.1f} | {cpu} "
+            f"| {lv.dropped_inference:.0f} "
             f"| {lv.dropped_output:.0f} | {verdict} |"
         )
     held = [lv.peers for lv in levels if lv.passed]
@@ -509,6 +518,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--insecure", action="store_true", help="do not verify the front's certificate")
     p.add_argument("--plot", type=Path, default=PLOT)
     p.add_argument("--section", default="live", help="section name in the page (several runs side by side)")
+    p.add_argument("--title", default="", help="what this run measures, in the section's heading")
 
     p = sub.add_parser("detect", parents=[common], help="sweep POST /detect concurrency")
     p.add_argument("--url", required=True)

@@ -1,0 +1,214 @@
+"""`python -m tools.scale_run`: the measurements behind docs/scale.md, in one run on one machine.
+
+Starts a real tritonserver (tools/triton.py), then, against it:
+  1. Triton's own throughput for the model with a bare client (concurrency 8);
+  2. POST /detect at concurrency 8 through a detect API on the triton backend (the ratio to 1 is the
+     serving overhead);
+  3. live ramps with the load harness (tools/load.py) against one media-server process on the triton
+     backend, at 640x480 and 1280x720: the media process then does only decode, draw, encode and aiortc, so
+     its CPU per peer is the per-peer cost;
+  4. the same ramp (640x480) against two media-server replicas behind the front (docker/Caddyfile on
+     Debian's caddy), both on the same Triton;
+  5. one peer for `--drift-seconds` through Triton: received FPS and round-trip drift.
+Each step writes its section of docs/benchmarks.md (tools.load:scale-*). Run it inside a loopback-only network
+namespace (`unshare -n`), as root; it takes about 8 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import cv2
+
+from tools.load import (
+    ROOT,
+    _photo,
+    detect_level,
+    live_sweep,
+    log,
+    parse_args,
+    plot_live,
+    render_live,
+    render_throughput,
+    triton_level,
+    write_section,
+)
+from tools.servers import LOOPBACK, free_port, get_json, server_process, tail
+from tools.triton import triton_process, write_repo
+
+CADDYFILE = ROOT / "docker" / "Caddyfile"
+
+
+@contextlib.contextmanager
+def media_server(model_dir: Path, triton_url: str, logs: Path, name: str, max_peers: int) -> Iterator[str]:
+    port = free_port()
+    env = {
+        "RTDETECT_MEDIA_HOST": LOOPBACK,
+        "RTDETECT_MEDIA_PORT": str(port),
+        "RTDETECT_MEDIA_MODEL_DIR": str(model_dir),
+        "RTDETECT_MEDIA_ICE_HOST_ADDRESSES": LOOPBACK,
+        "RTDETECT_MEDIA_ICE_SERVERS": "[]",
+        "RTDETECT_MEDIA_GPU_SAMPLE_INTERVAL_S": "0",
+        "RTDETECT_MEDIA_MAX_PEERS": str(max_peers),
+        "RTDETECT_MEDIA_BACKEND": "triton",
+        "RTDETECT_MEDIA_TRITON__URL": triton_url,
+        "RTDETECT_MEDIA_TRITON__SHARED_MEMORY": "system",
+    }
+    url = f"http://{LOOPBACK}:{port}"
+    with server_process(
+        [sys.executable, "-m", "media_server"], ready_url=f"{url}/readyz", log_path=logs / f"{name}.log",
+        env=env, cwd=ROOT, timeout_s=120,
+    ):  # fmt: skip
+        yield url
+
+
+@contextlib.contextmanager
+def detect_api(model_dir: Path, triton_url: str, logs: Path) -> Iterator[str]:
+    port = free_port()
+    env = {
+        "RTDETECT_HOST": LOOPBACK,
+        "RTDETECT_PORT": str(port),
+        "RTDETECT_GRPC_PORT": "0",
+        "RTDETECT_MODEL_DIR": str(model_dir),
+        "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0",
+        "RTDETECT_BACKEND": "triton",
+        "RTDETECT_TRITON__URL": triton_url,
+        "RTDETECT_TRITON__SHARED_MEMORY": "system",
+        # Single images, 8 in flight: Triton forms the batches.
+        "RTDETECT_MAX_BATCH_SIZE": "1",
+        "RTDETECT_INFERENCE_WORKERS": "8",
+    }
+    url = f"http://{LOOPBACK}:{port}"
+    with server_process(
+        [sys.executable, "-m", "detect_api"], ready_url=f"{url}/readyz", log_path=logs / "detect_api.log",
+        env=env, cwd=ROOT, timeout_s=120,
+    ):  # fmt: skip
+        yield url
+
+
+@contextlib.contextmanager
+def front(upstreams: Sequence[str], logs: Path) -> Iterator[str]:
+    """docker/Caddyfile on Debian's caddy, plain loopback ports; yields the live URL (https, internal CA)."""
+    https_port, http_port, health_port = free_port(), free_port(), free_port()
+    closed = f"{LOOPBACK}:{free_port()}"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "XDG_DATA_HOME": str(logs / "caddy-data"),
+        "XDG_CONFIG_HOME": str(logs / "caddy-config"),
+        "FRONT_SITE": LOOPBACK,
+        "FRONT_HTTPS_PORT": str(https_port),
+        "FRONT_HTTP_PORT": str(http_port),
+        "FRONT_HEALTH_PORT": str(health_port),
+        "FRONT_MEDIA_UPSTREAMS": " ".join(u.removeprefix("http://") for u in upstreams),
+        "FRONT_MEDIA_HEALTH_INTERVAL": "250ms",
+        **{f"FRONT_{k}_UPSTREAMS": closed for k in ("API", "UI", "GRAFANA", "GRPC")},
+    }
+    log_path = logs / "caddy.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            ["caddy", "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while get_json(f"http://{LOOPBACK}:{health_port}/healthz") is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"caddy did not start:\n{tail(log_path)}")
+            time.sleep(0.2)  # polling a health URL until a deadline
+        time.sleep(1.0)  # the internal CA's certificate for 127.0.0.1 is issued on the first start
+        yield f"https://{LOOPBACK}:{https_port}/live"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def live(
+    url: str, metrics: Sequence[str], levels: str, seconds: float, section: str, title: str, note: str,
+    size: tuple[int, int] = (640, 480), plot: Path | None = None, insecure: bool = False,
+) -> None:  # fmt: skip
+    argv = ["live", "--url", url, "--levels", levels, "--seconds", str(seconds), "--ice-host", LOOPBACK,
+            "--width", str(size[0]), "--height", str(size[1]), "--section", section, "--title", title,
+            "--note", note]  # fmt: skip
+    for m in metrics:
+        argv += ["--metrics", m]
+    if insecure:
+        argv.append("--insecure")
+    args = parse_args(argv)
+    args.plot = plot
+    levels_run = asyncio.run(live_sweep(args))
+    if plot is not None and levels_run:
+        plot_live(levels_run, plot)
+    write_section(args.output, section, render_live(levels_run, args, note))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.scale_run", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per live level")
+    parser.add_argument("--levels", default="1,2,3,4,6,8")
+    parser.add_argument("--drift-seconds", type=float, default=60.0)
+    parser.add_argument("--note", default="", help="the machine's state, printed under every table")
+    parser.add_argument(
+        "--skip", action="append", default=[], help="steps to skip: engine, detect, live, hd, replicas, drift"
+    )
+    args = parser.parse_args(argv)
+    from inference.paths import default_model_dir
+
+    model_dir = args.model_dir or default_model_dir()
+    logs = Path(tempfile.mkdtemp(prefix="rtdetect-scale-"))
+    repo = logs / "repo"
+    write_repo(model_dir, repo)
+    log(f"logs in {logs}")
+    with triton_process(repo, logs / "tritonserver.log") as (_, ports):
+        triton_url = f"{LOOPBACK}:{ports['grpc']}"
+        output = ROOT / "docs" / "benchmarks.md"
+        if "engine" not in args.skip:
+            engine = triton_level(triton_url, model_dir, 8, 10.0, "system")
+            log(f"Triton bare client: {engine.per_s:.1f} images/s")
+            write_section(
+                output, "scale-triton", render_throughput("triton", [engine], triton_url, args.note)
+            )
+        if "detect" not in args.skip:
+            jpeg = cv2.imencode(".jpg", _photo())[1].tobytes()
+            with detect_api(model_dir, triton_url, logs) as api:
+                asyncio.run(detect_level(api, jpeg, 8, 3.0, {}))  # warm-up
+                served = asyncio.run(detect_level(api, jpeg, 8, 10.0, {}))
+            log(f"/detect through Triton: {served.per_s:.1f} images/s")
+            write_section(
+                output,
+                "scale-detect",
+                render_throughput("detect", [served], "detect API on Triton", args.note),
+            )
+        if "live" not in args.skip or "hd" not in args.skip or "drift" not in args.skip:
+            with media_server(model_dir, triton_url, logs, "media-1", 16) as one:
+                if "live" not in args.skip:
+                    live(one, [one], args.levels, args.seconds, "scale-one-process",
+                         "one media process, Triton engine, 640x480", args.note, plot=ROOT / "docs" / "img" / "load_live.png")  # fmt: skip
+                if "hd" not in args.skip:
+                    live(one, [one], "1,2,3,4", args.seconds, "scale-one-process-720p",
+                         "one media process, Triton engine, 1280x720", args.note, size=(1280, 720))  # fmt: skip
+                if "drift" not in args.skip:
+                    live(one, [one], "1", args.drift_seconds, "scale-drift",
+                         f"one peer for {args.drift_seconds:g} s through Triton", args.note)  # fmt: skip
+        if "replicas" not in args.skip:
+            with (
+                media_server(model_dir, triton_url, logs, "replica-1", 8) as r1,
+                media_server(model_dir, triton_url, logs, "replica-2", 8) as r2,
+                front([r1, r2], logs) as url,
+            ):
+                live(url, [r1, r2], args.levels, args.seconds, "scale-two-replicas",
+                     "two media replicas behind the front, one Triton, 640x480", args.note,
+                     plot=ROOT / "docs" / "img" / "load_replicas.png", insecure=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
