@@ -46,7 +46,8 @@ PY=$VENV/bin/python
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 if [ -n "${WHEELS:-}" ]; then PIP+=(--no-index --find-links "$WHEELS"); fi
 # The project itself without its pins (the machine's torch, numpy, ... stay), then whatever is missing.
-timeout "$(limit 120)" "${PIP[@]}" --no-deps -e . || note "pip install -e . failed"
+# No build isolation: offline, setuptools comes from the machine instead of the index.
+timeout "$(limit 120)" "${PIP[@]}" --no-deps --no-build-isolation -e . || note "pip install -e . failed"
 MISSING=$("$PY" - <<'EOF'
 import importlib.util
 # import name -> distribution, for what the GPU checks import
@@ -56,6 +57,8 @@ needs = {
     "pycocotools": "pycocotools", "skimage": "scikit-image", "pytest": "pytest", "pytest_timeout": "pytest-timeout",
     "pytest_asyncio": "pytest-asyncio", "pynvml": "nvidia-ml-py", "cuda.bindings": "cuda-python",
     "prometheus_client": "prometheus-client", "torch": "torch==2.13.0", "simplejpeg": "simplejpeg",
+    # The live load harness (tools.load): a media server and aiortc clients.
+    "aiortc": "aiortc==1.16.0", "aiohttp": "aiohttp==3.14.5", "av": "av==18.1.0", "uvloop": "uvloop",
 }
 missing = []
 for module, dist in needs.items():
@@ -128,6 +131,16 @@ timeout "$(limit 180)" "$PY" -m engine_build precision --model-dir "$RTDETECT_MO
 step "engines benchmark"
 timeout "$(limit 180)" "$PY" -m engine_build bench --engines-only --iterations 100 --model-dir "$RTDETECT_MODEL_DIR" \
   --output "$OUT/gpu_bench.md" || note "benchmark failed"
+
+step "live load harness: peers on one media process with this GPU's engine, then two replicas (docs/scale.md)"
+# What the capacity model in docs/scale.md predicts for this many cores, measured: tools.scale_run with each
+# media process on its own engine (TensorRT or CUDA here), WebRTC on loopback in a network namespace.
+SCALE_SKIP=(--skip hd --skip drift)
+command -v caddy >/dev/null || SCALE_SKIP+=(--skip replicas)
+timeout "$(limit 200)" unshare -n sh -c 'ip link set lo up && exec "$@"' sh \
+  "$PY" -m tools.scale_run --engine local "${SCALE_SKIP[@]}" --levels 1,4,8,12,16,24,32 --seconds 8 \
+  --note "GPU machine, $(nproc) cores" --output "$OUT/load.md" --plots "$OUT" \
+  || note "load harness failed or stopped early (see $OUT/load.md)"
 
 step "summary ($(($(date +%s) - START)) s)"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
