@@ -22,7 +22,12 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COMPOSE_FILES = ["docker-compose.yml", "docker-compose.override.yml", "docker-compose.cpu.yml"]
+COMPOSE_FILES = [
+    "docker-compose.yml",
+    "docker-compose.override.yml",
+    "docker-compose.cpu.yml",
+    "docker-compose.scale.yml",
+]
 DOCKERFILES = ["docker/backend.Dockerfile", "docker/frontend.Dockerfile"]
 GPU_SERVICES = {"backend", "media-server"}
 STACK = {"backend", "media-server", "frontend", "prometheus", "grafana", "turn", "front"}

@@ -48,7 +48,10 @@ CADDYFILE = ROOT / "docker" / "Caddyfile"
 
 
 @contextlib.contextmanager
-def media_server(model_dir: Path, triton_url: str, logs: Path, name: str, max_peers: int) -> Iterator[str]:
+def media_server(
+    model_dir: Path, triton_url: str | None, logs: Path, name: str, max_peers: int
+) -> Iterator[str]:
+    """A media-server process on loopback; on Triton when `triton_url` is set, else its own engine (auto)."""
     port = free_port()
     env = {
         "RTDETECT_MEDIA_HOST": LOOPBACK,
@@ -58,10 +61,13 @@ def media_server(model_dir: Path, triton_url: str, logs: Path, name: str, max_pe
         "RTDETECT_MEDIA_ICE_SERVERS": "[]",
         "RTDETECT_MEDIA_GPU_SAMPLE_INTERVAL_S": "0",
         "RTDETECT_MEDIA_MAX_PEERS": str(max_peers),
-        "RTDETECT_MEDIA_BACKEND": "triton",
-        "RTDETECT_MEDIA_TRITON__URL": triton_url,
-        "RTDETECT_MEDIA_TRITON__SHARED_MEMORY": "system",
     }
+    if triton_url is not None:
+        env |= {
+            "RTDETECT_MEDIA_BACKEND": "triton",
+            "RTDETECT_MEDIA_TRITON__URL": triton_url,
+            "RTDETECT_MEDIA_TRITON__SHARED_MEMORY": "system",
+        }
     url = f"http://{LOOPBACK}:{port}"
     with server_process(
         [sys.executable, "-m", "media_server"], ready_url=f"{url}/readyz", log_path=logs / f"{name}.log",
@@ -131,12 +137,12 @@ def front(upstreams: Sequence[str], logs: Path) -> Iterator[str]:
 
 
 def live(
-    url: str, metrics: Sequence[str], levels: str, seconds: float, section: str, title: str, note: str,
-    size: tuple[int, int] = (640, 480), plot: Path | None = None, insecure: bool = False,
+    url: str, metrics: Sequence[str], levels: str, seconds: float, section: str, output: Path, title: str,
+    note: str, size: tuple[int, int] = (640, 480), plot: Path | None = None, insecure: bool = False,
 ) -> None:  # fmt: skip
     argv = ["live", "--url", url, "--levels", levels, "--seconds", str(seconds), "--ice-host", LOOPBACK,
             "--width", str(size[0]), "--height", str(size[1]), "--section", section, "--title", title,
-            "--note", note]  # fmt: skip
+            "--note", note, "--output", str(output)]  # fmt: skip
     for m in metrics:
         argv += ["--metrics", m]
     if insecure:
@@ -157,56 +163,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drift-seconds", type=float, default=60.0)
     parser.add_argument("--note", default="", help="the machine's state, printed under every table")
     parser.add_argument(
-        "--skip", action="append", default=[], help="steps to skip: engine, detect, live, hd, replicas, drift"
+        "--skip", action="append", default=[], help="engine, detect, live, hd, drift, replicas"
     )
+    parser.add_argument(
+        "--engine", choices=["triton", "local"], default="triton",
+        help="local: no Triton, each media process runs its own engine (a GPU host's TensorRT or CUDA)",
+    )  # fmt: skip
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--plots", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args(argv)
     from inference.paths import default_model_dir
 
     model_dir = args.model_dir or default_model_dir()
     logs = Path(tempfile.mkdtemp(prefix="rtdetect-scale-"))
-    repo = logs / "repo"
-    write_repo(model_dir, repo)
     log(f"logs in {logs}")
-    with triton_process(repo, logs / "tritonserver.log") as (_, ports):
-        triton_url = f"{LOOPBACK}:{ports['grpc']}"
-        output = ROOT / "docs" / "benchmarks.md"
-        if "engine" not in args.skip:
-            engine = triton_level(triton_url, model_dir, 8, 10.0, "system")
-            log(f"Triton bare client: {engine.per_s:.1f} images/s")
-            write_section(
-                output, "scale-triton", render_throughput("triton", [engine], triton_url, args.note)
-            )
-        if "detect" not in args.skip:
-            jpeg = cv2.imencode(".jpg", _photo())[1].tobytes()
-            with detect_api(model_dir, triton_url, logs) as api:
-                asyncio.run(detect_level(api, jpeg, 8, 3.0, {}))  # warm-up
-                served = asyncio.run(detect_level(api, jpeg, 8, 10.0, {}))
-            log(f"/detect through Triton: {served.per_s:.1f} images/s")
-            write_section(
-                output,
-                "scale-detect",
-                render_throughput("detect", [served], "detect API on Triton", args.note),
-            )
-        if "live" not in args.skip or "hd" not in args.skip or "drift" not in args.skip:
-            with media_server(model_dir, triton_url, logs, "media-1", 16) as one:
+    out, note, engine_name = (
+        args.output,
+        args.note,
+        "Triton engine" if args.engine == "triton" else "own engine",
+    )
+    with contextlib.ExitStack() as stack:
+        triton_url: str | None = None
+        if args.engine == "triton":
+            repo = logs / "repo"
+            write_repo(model_dir, repo)
+            _, ports = stack.enter_context(triton_process(repo, logs / "tritonserver.log"))
+            triton_url = f"{LOOPBACK}:{ports['grpc']}"
+            if "engine" not in args.skip:
+                engine = triton_level(triton_url, model_dir, 8, 10.0, "system")
+                log(f"Triton bare client: {engine.per_s:.1f} images/s")
+                write_section(out, "scale-triton", render_throughput("triton", [engine], triton_url, note))
+            if "detect" not in args.skip:
+                jpeg = cv2.imencode(".jpg", _photo())[1].tobytes()
+                with detect_api(model_dir, triton_url, logs) as api:
+                    asyncio.run(detect_level(api, jpeg, 8, 3.0, {}))  # warm-up
+                    served = asyncio.run(detect_level(api, jpeg, 8, 10.0, {}))
+                log(f"/detect through Triton: {served.per_s:.1f} images/s")
+                body = render_throughput("detect", [served], "detect API on Triton", note)
+                write_section(out, "scale-detect", body)
+        if {"live", "hd", "drift"} - set(args.skip):
+            with media_server(model_dir, triton_url, logs, "media-1", 32) as one:
                 if "live" not in args.skip:
-                    live(one, [one], args.levels, args.seconds, "scale-one-process",
-                         "one media process, Triton engine, 640x480", args.note, plot=ROOT / "docs" / "img" / "load_live.png")  # fmt: skip
+                    live(one, [one], args.levels, args.seconds, "scale-one-process", out,
+                         f"one media process, {engine_name}, 640x480", note, plot=args.plots / "load_live.png")  # fmt: skip
                 if "hd" not in args.skip:
-                    live(one, [one], "1,2,3,4", args.seconds, "scale-one-process-720p",
-                         "one media process, Triton engine, 1280x720", args.note, size=(1280, 720))  # fmt: skip
+                    live(one, [one], "1,2,3,4", args.seconds, "scale-one-process-720p", out,
+                         f"one media process, {engine_name}, 1280x720", note, size=(1280, 720))  # fmt: skip
                 if "drift" not in args.skip:
-                    live(one, [one], "1", args.drift_seconds, "scale-drift",
-                         f"one peer for {args.drift_seconds:g} s through Triton", args.note)  # fmt: skip
+                    live(one, [one], "1", args.drift_seconds, "scale-drift", out,
+                         f"one peer for {args.drift_seconds:g} s, {engine_name}", note)  # fmt: skip
         if "replicas" not in args.skip:
             with (
-                media_server(model_dir, triton_url, logs, "replica-1", 8) as r1,
-                media_server(model_dir, triton_url, logs, "replica-2", 8) as r2,
+                media_server(model_dir, triton_url, logs, "replica-1", 16) as r1,
+                media_server(model_dir, triton_url, logs, "replica-2", 16) as r2,
                 front([r1, r2], logs) as url,
             ):
-                live(url, [r1, r2], args.levels, args.seconds, "scale-two-replicas",
-                     "two media replicas behind the front, one Triton, 640x480", args.note,
-                     plot=ROOT / "docs" / "img" / "load_replicas.png", insecure=True)  # fmt: skip
+                live(url, [r1, r2], args.levels, args.seconds, "scale-two-replicas", out,
+                     f"two media replicas behind the front, {engine_name}, 640x480", note,
+                     plot=args.plots / "load_replicas.png", insecure=True)  # fmt: skip
     return 0
 
 
