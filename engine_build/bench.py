@@ -431,6 +431,7 @@ def run_bench(
     photos = parity_images()
     images = list(photos.values())
     machine = current_machine()
+    load_start = os.getloadavg()[0]
     _progress(f"engines for {spec.name} on {machine.cpu} (threads={threads or 'all'})")
     rows = bench_engines(model_dir, spec, images, iterations, threads)
     for line in _engine_lines(rows, machine, spec, iterations, threads):  # now: /detect takes minutes more
@@ -514,7 +515,12 @@ def run_bench(
         lines.append(f"- The auto choice ({chosen.candidate.label}) against the fastest gate-passing engine "
                      f"measured here ({fastest.candidate.label}), batch 1: {gap:.2f}x "
                      f"(target <= 1.15x): {'met' if gap <= 1.15 else 'NOT met'}.")  # fmt: skip
-    lines += ["", f"Run: {time.strftime('%Y-%m-%d')}."]
+    lines += [
+        "",
+        f"Run: {time.strftime('%Y-%m-%d')}; the machine's 1-minute load average was {load_start:.1f} at the start "
+        f"and {os.getloadavg()[0]:.1f} at the end (other work on a shared machine shows there: above the core "
+        "count, absolute figures are noise and only the interleaved ratios mean much).",
+    ]
     body = "## Engines and /detect (`python -m engine_build bench`)\n\n" + "\n".join(lines)
     print(body)
     write_section(output, SECTION, body)
