@@ -43,6 +43,10 @@ grep -m1 "model name" /proc/cpuinfo; nproc
 step "python environment ($VENV, reusing the machine's packages: torch, CUDA libraries)"
 "$PYTHON" -m venv --system-site-packages "$VENV" || { note "cannot create a venv"; exit 1; }
 PY=$VENV/bin/python
+# If $PYTHON is itself a venv (GPU images often ship torch in one), --system-site-packages only reaches the
+# base interpreter's packages: a .pth file adds that venv's site-packages behind ours.
+"$PYTHON" -c "import site; print('\n'.join(site.getsitepackages()))" \
+  > "$("$PY" -c "import site; print(site.getsitepackages()[0])")/zz_machine_packages.pth"
 PIP=("$PY" -m pip install --disable-pip-version-check -q)
 if [ -n "${WHEELS:-}" ]; then PIP+=(--no-index --find-links "$WHEELS"); fi
 # The project itself without its pins (the machine's torch, numpy, ... stay), then whatever is missing.
@@ -71,7 +75,9 @@ for module, dist in needs.items():
 print(" ".join(missing))
 EOF
 )
-if [ -n "$MISSING" ]; then timeout "$(limit 240)" "${PIP[@]}" $MISSING || note "could not install some of: $MISSING"; fi
+for dist in $MISSING; do  # one at a time: what cannot be had does not stop the rest
+  timeout "$(limit 120)" "${PIP[@]}" "$dist" || note "could not install $dist"
+done
 # ONNX Runtime with the CUDA provider: onnxruntime-gpu replaces a CPU onnxruntime (one folder for both).
 if ! "$PY" -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" 2>/dev/null; then
   timeout "$(limit 180)" "${PIP[@]}" "onnxruntime-gpu==1.31.1" || note "onnxruntime-gpu not installable here: ONNX Runtime runs on the CPU"
