@@ -81,6 +81,9 @@ class ServingSettings(BaseSettings):
     tensorrt: TensorRTOptions = Field(default_factory=TensorRTOptions)
     torch: TorchOptions = Field(default_factory=TorchOptions)
     triton: TritonOptions = Field(default_factory=TritonOptions)
+    # The Triton URL's flat spelling (RTDETECT_TRITON_URL, RTDETECT_MEDIA_TRITON_URL), as docs/scale.md and
+    # `make triton` print it: folded into `triton.url`; RTDETECT_TRITON__URL wins when both are set.
+    triton_url: str | None = None
     # Options of an explicitly chosen backend as JSON, merged over its typed options above (older spelling).
     engine_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
@@ -111,6 +114,19 @@ class ServingSettings(BaseSettings):
         env = EnvSettingsSource(settings_cls, env_nested_delimiter="__")
         legacy = _LegacyOnnxRuntimeEnv(settings_cls)
         return init_settings, env, legacy, dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_triton_url(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("triton_url") is None:
+            return data
+        data = dict(data)
+        url = data.pop("triton_url")
+        nested = data.get("triton") or {}
+        if isinstance(nested, BaseModel):
+            nested = nested.model_dump(exclude_unset=True)
+        data["triton"] = {"url": url, **nested}
+        return data
 
     @model_validator(mode="before")
     @classmethod

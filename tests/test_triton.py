@@ -290,3 +290,18 @@ def test_make_triton_ports_do_not_collide_with_the_projects() -> None:
     makefile = (ROOT / "Makefile").read_text()
     for name, port in DEFAULT_PORTS.items():
         assert re.search(rf"^TRITON_{name.upper()}_PORT\s+\?= {port}$", makefile, re.M), name
+
+
+def test_triton_url_in_both_spellings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from detect_api.settings import Settings as ApiSettings
+    from media_server.settings import Settings as MediaSettings
+
+    monkeypatch.setenv("RTDETECT_BACKEND", "triton")
+    monkeypatch.setenv("RTDETECT_TRITON_URL", "triton-a:8701")
+    monkeypatch.setenv("RTDETECT_MEDIA_TRITON_URL", "triton-b:8701")
+    assert ApiSettings().backend_options("triton").url == "triton-a:8701"  # type: ignore[attr-defined]
+    assert MediaSettings().triton.url == "triton-b:8701"
+    monkeypatch.setenv("RTDETECT_TRITON__URL", "nested:8701")  # the nested spelling wins
+    monkeypatch.setenv("RTDETECT_TRITON__MAX_IN_FLIGHT", "3")
+    options = ApiSettings().triton
+    assert (options.url, options.max_in_flight) == ("nested:8701", 3)
