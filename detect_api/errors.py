@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference.errors import (
+    EngineUnavailableError,
     ImageTooLargeError,
     InferenceError,
     InvalidImageError,
@@ -45,6 +46,7 @@ RTDETECT_ERRORS: tuple[tuple[type[RtdetectError], int, str], ...] = (
     (InvalidImageError, 400, "invalid_image"),
     (OverloadedError, 503, "overloaded"),
     (ModelLoadError, 503, "model_unavailable"),
+    (EngineUnavailableError, 503, "engine_unavailable"),  # Triton down or restarting: retry later
     (InferenceError, 500, "inference_failed"),
     (RtdetectError, 500, "internal_error"),
 )

@@ -29,5 +29,9 @@ class InferenceError(RtdetectError):
     """The engine failed while running a batch."""
 
 
+class EngineUnavailableError(InferenceError):
+    """A remote engine (Triton) cannot be reached or did not answer in time: retry later."""
+
+
 class OverloadedError(RtdetectError):
     """The batcher's queue is full; the caller should retry later."""

@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import aiohttp
@@ -22,9 +23,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from detect_api.errors import classify
 from engine_build.triton_repo import RepoOptions, check_config, model_io, write_repository
 from inference.engines import create_engine
-from inference.errors import ModelLoadError
+from inference.errors import EngineUnavailableError, ModelLoadError
 from inference.pipeline import Detector
 from inference.spec import ModelSpec
 from inference.types import DetectParams
@@ -247,23 +249,31 @@ async def test_triton_killed_mid_stream_video_flows_errors_counted_and_it_recove
     settings = loopback_settings(
         model_dir=model_dir, backend="triton", triton={"url": _url(ports), "timeout_s": 2.0}
     )
-    with triton_process(triton_repo, tmp_path / "triton-1.log", ports=ports) as (first, _):
-        server_cm = running_server(settings)
-        server = await server_cm.__aenter__()
-        http = aiohttp.ClientSession()
+    spec = ModelSpec.load(model_dir)
+    bare = create_engine("triton", model_dir, spec, url=_url(ports), timeout_s=2.0)
+    async with AsyncExitStack() as stack:
+        first, _ = stack.enter_context(triton_process(triton_repo, tmp_path / "triton-1.log", ports=ports))
+        server = await stack.enter_async_context(running_server(settings))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
         peer = SyntheticPeer(server.url, photos["astronaut"], fps=30.0)
+        stack.push_async_callback(peer.close)
         await peer.connect(http)
         await peer.wait_until(lambda: len(peer.detections) >= 5, 30, "5 results before the kill")
+        await asyncio.to_thread(bare.load)
+        stack.callback(bare.close)
         first.proc.send_signal(signal.SIGKILL)  # no goodbye: as a crash or an OOM kill
         first.proc.wait(timeout=10)
-    try:
+
+        # A Triton that is not there is "unavailable" (the detect API's 503 engine_unavailable), not a bad request.
+        with pytest.raises(EngineUnavailableError, match="Triton at"):
+            await asyncio.to_thread(bare.infer, np.zeros((1, 3, 416, 416), np.float32))
+        assert classify(EngineUnavailableError("down")) == (503, "engine_unavailable")
+
         registry = server.state.registry
 
         def failures() -> float:
-            return (
-                registry.get_sample_value("rtdetect_live_inference_failures_total", {"error": "inference"})
-                or 0.0
-            )
+            labels = {"error": "inference"}
+            return registry.get_sample_value("rtdetect_live_inference_failures_total", labels) or 0.0
 
         frames_at_kill = len(peer.echoes)
         results_at_kill = len(peer.detections)
@@ -276,11 +286,8 @@ async def test_triton_killed_mid_stream_video_flows_errors_counted_and_it_recove
             await peer.wait_until(
                 lambda: any(m["detections"] for m in peer.detections[back:]), 60, "results after the restart"
             )
+            assert await asyncio.to_thread(bare.infer, np.zeros((1, 3, 416, 416), np.float32))  # reconnected
         assert failures() >= 3
-    finally:
-        await peer.close()
-        await http.close()
-        await server_cm.__aexit__(None, None, None)
 
 
 def test_make_triton_ports_do_not_collide_with_the_projects() -> None:

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from inference.engines.options import BackendOptions, TritonOptions
-from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
+from inference.errors import BackendUnavailableError, EngineUnavailableError, InferenceError, ModelLoadError
 from inference.preprocess import input_shape
 from inference.spec import ModelSpec
 
@@ -45,6 +45,8 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "INT64": np.dtype(np.int64),
 }
 READY_POLL_S = 0.25
+# gRPC statuses that mean "Triton is not there right now" rather than "this request is wrong".
+_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 
 
 def _import_client() -> Any:
@@ -140,7 +142,7 @@ class TritonEngine:
             return future.result(timeout=timeout_s)
         except TimeoutError as e:
             future.cancel()
-            raise InferenceError(f"Triton at {self.url} did not answer within {timeout_s:g} s") from e
+            raise EngineUnavailableError(f"Triton at {self.url} did not answer within {timeout_s:g} s") from e
 
     def load(self) -> None:
         grpc_aio = _import_client()
@@ -331,7 +333,9 @@ class TritonEngine:
             )
         except Exception as e:  # InferenceServerException, grpc errors: all mean "no result this time"
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InferenceError(f"Triton at {self.url} failed a batch of {n}: {first}") from e
+            status = str(getattr(e, "status", lambda: "")() or "")
+            error = EngineUnavailableError if any(s in status for s in _UNAVAILABLE) else InferenceError
+            raise error(f"Triton at {self.url} failed a batch of {n}: {first}") from e
         if slot is None:
             return {t.name: result.as_numpy(t.name) for t in self._outputs}
         from tritonclient.utils import shared_memory as shm
