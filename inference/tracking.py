@@ -9,7 +9,8 @@ low-score ones to the tracks still unmatched, so an object whose score dips unde
 a new track needs two hits before it gets an id; a lost track is kept `max_lost_s` for re-association.
 
 The state is (cx, cy, w, h) and their velocities in pixels per second; the noise scales with the box
-height as in ByteTrack (per-frame weights, taken at 30 fps). Pure numpy + scipy, no WebRTC: the media
+height as in ByteTrack (per-frame weights, taken at 30 fps). Each track runs two such filters: ByteTrack's
+for association, a more responsive one for the boxes drawn and sent. Pure numpy + scipy, no WebRTC: the media
 server runs one `Tracker` per peer in its worker thread and reads the immutable snapshots it returns.
 """
 
@@ -38,18 +39,19 @@ class TrackerConfig:
     min_hits: int = 2  # hits before a track gets an id (one-frame false positives get none)
     max_lost_s: float = 1.0  # a track unmatched this long is removed
     max_predict_s: float = 0.5  # `box_at` extrapolates at most this far from the track's last update
-    # ByteTrack's position weight; its velocity weight (1/160) is raised 4x: results come a few times a
-    # second, not every frame, and a walking person turns within a second, so the velocity must follow
-    # within a few results (docs/benchmarks.md: box centre error at 380 px/s).
+    # ByteTrack's weights, for association.
     position_noise: float = 1.0 / 20.0
-    velocity_noise: float = 1.0 / 40.0
+    velocity_noise: float = 1.0 / 160.0
+    # The drawn boxes' velocity: 16x ByteTrack's, so it follows a walking person's turns within a few
+    # results (docs/benchmarks.md: box centre error at 380 px/s; with 1/160 the p90 triples).
+    display_velocity_noise: float = 1.0 / 10.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_threshold <= self.high_threshold <= 1.0:
             raise ValueError("expected 0 <= low_threshold <= high_threshold <= 1")
         if self.min_hits < 1 or self.max_lost_s <= 0 or self.max_predict_s < 0:
             raise ValueError("min_hits >= 1, max_lost_s > 0 and max_predict_s >= 0 expected")
-        if self.position_noise <= 0 or self.velocity_noise <= 0:
+        if min(self.position_noise, self.velocity_noise, self.display_velocity_noise) <= 0:
             raise ValueError("noise weights must be > 0")
 
 
@@ -98,14 +100,42 @@ def _measure(box: Box) -> np.ndarray:
 _H = np.eye(4, 8)
 
 
-class _Track:
-    def __init__(self, detection: Detection, t: float, config: TrackerConfig) -> None:
-        self._pos, self._vel = config.position_noise, config.velocity_noise
-        z = _measure(detection.box)
+class _Kalman:
+    """Constant velocity on (cx, cy, w, h), noise scaled by the box height (ByteTrack's model, in time)."""
+
+    def __init__(self, z: np.ndarray, position_noise: float, velocity_noise: float) -> None:
+        self._pos, self._vel = position_noise, velocity_noise
         self.mean = np.concatenate([z, np.zeros(4)])
         h = z[3]
         std = np.array([2 * self._pos * h] * 4 + [10 * self._vel * h * _FPS] * 4)
         self.cov = np.diag(np.square(std))
+
+    def predict(self, dt: float) -> None:
+        f = np.eye(8)
+        f[:4, 4:] = np.eye(4) * dt
+        h = self.mean[3]
+        frames = dt * _FPS  # the per-frame noise, once per frame interval elapsed
+        q = np.square([self._pos * h] * 4 + [self._vel * h * _FPS] * 4) * frames
+        self.mean = f @ self.mean
+        self.cov = f @ self.cov @ f.T + np.diag(q)
+
+    def update(self, z: np.ndarray) -> None:
+        r = np.diag(np.square([self._pos * self.mean[3]] * 4))
+        s = _H @ self.cov @ _H.T + r
+        gain = np.linalg.solve(s, (self.cov @ _H.T).T).T
+        self.mean = self.mean + gain @ (z - _H @ self.mean)
+        self.cov = (np.eye(8) - gain @ _H) @ self.cov
+
+
+class _Track:
+    """Two filters on the same measurements: a steady one for association (ByteTrack's noise: ids survive
+    jittery detections) and a responsive one for display (boxes follow a turning object within a few
+    results); docs/benchmarks.md has both figures."""
+
+    def __init__(self, detection: Detection, t: float, config: TrackerConfig) -> None:
+        z = _measure(detection.box)
+        self.filter = _Kalman(z, config.position_noise, config.velocity_noise)
+        self.display = _Kalman(z, config.position_noise, config.display_velocity_noise)
         self.time = t
         self.class_id, self.label, self.score = detection.class_id, detection.label, detection.score
         self.hits = 1
@@ -117,22 +147,14 @@ class _Track:
         dt = t - self.time
         if dt <= 0:
             return
-        f = np.eye(8)
-        f[:4, 4:] = np.eye(4) * dt
-        h = self.mean[3]
-        frames = dt * _FPS  # ByteTrack's per-frame noise, once per frame interval elapsed
-        q = np.square([self._pos * h] * 4 + [self._vel * h * _FPS] * 4) * frames
-        self.mean = f @ self.mean
-        self.cov = f @ self.cov @ f.T + np.diag(q)
+        self.filter.predict(dt)
+        self.display.predict(dt)
         self.time = t
 
     def update(self, detection: Detection, t: float) -> None:
         z = _measure(detection.box)
-        r = np.diag(np.square([self._pos * self.mean[3]] * 4))
-        s = _H @ self.cov @ _H.T + r
-        gain = np.linalg.solve(s, (self.cov @ _H.T).T).T
-        self.mean = self.mean + gain @ (z - _H @ self.mean)
-        self.cov = (np.eye(8) - gain @ _H) @ self.cov
+        self.filter.update(z)
+        self.display.update(z)
         self.score = detection.score
         self.hits += 1
         self.last_matched = t
@@ -140,7 +162,8 @@ class _Track:
 
     @property
     def box(self) -> Box:
-        return _to_box([float(v) for v in self.mean[:4]])
+        """Where association looks for this track's next detection."""
+        return _to_box([float(v) for v in self.filter.mean[:4]])
 
     def snapshot(self, max_predict_s: float) -> TrackSnapshot:
         return TrackSnapshot(
@@ -148,7 +171,7 @@ class _Track:
             self.class_id,
             self.label,
             self.score,
-            tuple(float(v) for v in self.mean),
+            tuple(float(v) for v in self.display.mean),
             self.time,
             self.matched,
             max_predict_s,

@@ -241,8 +241,8 @@ class LivePipeline(_MediaBase):
         self._geometry: Geometry = self.options.geometry
         self.thread_hops = 0  # thread round trips of the inference path (docs/media_server.md)
         self.tracks_started = 0
-        # Test and benchmark seam: called with each outgoing frame and the boxes drawn on it.
-        self.on_drawn: Callable[[InFrame, Sequence[Box]], None] | None = None
+        # Test and benchmark seam: each outgoing frame, the boxes drawn on it and the result they come from.
+        self.on_drawn: Callable[[InFrame, Sequence[Box], LiveResult | None], None] | None = None
         capacity = 1 if policy is BackpressurePolicy.LATEST else buffer_size
         self._to_infer: DropBuffer[InFrame] = DropBuffer(capacity)
         self._to_send: DropBuffer[InFrame] = DropBuffer(OUTPUT_BUFFER_FRAMES)
@@ -429,7 +429,7 @@ class LivePipeline(_MediaBase):
                         ]
                     frame = live.sprites.apply(frame, offsets)
         if self.on_drawn is not None:
-            self.on_drawn(item, drawn)
+            self.on_drawn(item, drawn, live)
         self._sent(item.received)
         return frame
 

@@ -24,7 +24,7 @@ from inference.spec import ModelSpec
 from inference.types import Box, Detection, DetectParams
 from media_server.peers import PeerSession
 from media_server.settings import BackpressurePolicy
-from media_server.track import InFrame, LiveOptions, LivePipeline
+from media_server.track import InFrame, LiveOptions, LivePipeline, LiveResult
 from observability.live import LiveMetrics
 from observability.metrics import new_registry
 from tests.media_support import FakeDetector, RunningServer, loopback_settings, running_server
@@ -64,8 +64,7 @@ async def test_ids_events_and_predicted_boxes_with_a_real_peer(model_dir: Path) 
             pipeline = _session(server).media
             assert isinstance(pipeline, LivePipeline)
 
-            def on_drawn(item: InFrame, boxes: Sequence[Box]) -> None:
-                latest = pipeline._latest
+            def on_drawn(item: InFrame, boxes: Sequence[Box], latest: LiveResult | None) -> None:
                 if boxes and latest is not None:
                     drawn.append((item.received, boxes, [d.box for d in latest.result.detections]))
 
@@ -123,8 +122,7 @@ async def test_without_prediction_boxes_stay_where_detected(model_dir: Path) -> 
             pipeline = _session(server).media
             assert isinstance(pipeline, LivePipeline)
 
-            def on_drawn(item: InFrame, boxes: Sequence[Box]) -> None:
-                latest = pipeline._latest
+            def on_drawn(item: InFrame, boxes: Sequence[Box], latest: LiveResult | None) -> None:
                 if boxes and latest is not None:
                     drawn.append((boxes, [d.box for d in latest.result.detections]))
 
