@@ -1,6 +1,6 @@
 """ICE configuration: explicit ICE servers (TURN credentials fresh per request) and announced addresses.
 
-The host addresses offered as candidates are `inference.ice.HostAddressOverride`, installed while the app
+The host addresses offered as candidates are `rtc.ice.HostAddressOverride`, installed while the app
 runs (shared with the UI's relay).
 """
 

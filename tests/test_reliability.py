@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.ice import HostAddressOverride
+from rtc.ice import HostAddressOverride
 from tools import reliability
 
 LOOPBACK = "127.0.0.1"

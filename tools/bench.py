@@ -39,8 +39,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from inference.ice import HostAddressOverride
 from inference.paths import default_model_dir
+from rtc.ice import HostAddressOverride
 from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
 from tools.synthetic import SyntheticPeer
 

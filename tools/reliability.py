@@ -41,8 +41,8 @@ import cv2
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference.ice import HostAddressOverride
 from inference.paths import default_model_dir
+from rtc.ice import HostAddressOverride
 from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
 from tools.synthetic import SyntheticPeer
 
