@@ -71,7 +71,7 @@ async def test_ids_events_and_predicted_boxes_with_a_real_peer(model_dir: Path) 
             pipeline.on_drawn = on_drawn
             peer.send({"type": "zones", "zones": [LEFT_HALF]})
             peer.send({"type": "zones", "zones": [{"name": "bad", "polygon": [[0, 0], [2, 2], [0, 1]]}]})
-            events = lambda: [e for m in peer.messages if m["type"] == "events" for e in m["events"]]  # noqa: E731
+            events = lambda: peer.events  # noqa: E731
             await peer.wait_until(
                 lambda: sum(e["type"] == "line_cross" for e in events()) >= 3, 30, "three line crossings"
             )

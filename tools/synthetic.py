@@ -24,6 +24,8 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
+from rtc.messages import DATA_CHANNEL_LABEL
+
 CODE_BITS = 16
 CODE_MODULO = 1 << CODE_BITS
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
@@ -176,13 +178,19 @@ class SyntheticPeer:
         self._on_frame = on_frame
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.channel = self.pc.createDataChannel("detections")
+        self.channel = self.pc.createDataChannel(DATA_CHANNEL_LABEL)  # messages: rtc/messages.py
         self.channel.on("message", self._on_message)
         self.pc.on("track", self._on_track)
 
     @property
     def detections(self) -> list[dict[str, Any]]:
+        """The `detections` messages (rtc.messages.DetectionsMessage) received so far."""
         return [m for m in self.messages if m.get("type") == "detections"]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every zone and line event (rtc.messages.EventDict) received so far, in order."""
+        return [e for m in self.messages if m.get("type") == "events" for e in m["events"]]
 
     async def connect(self, session: aiohttp.ClientSession) -> str:
         transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
