@@ -105,6 +105,8 @@ _process_install: MarkerJitterBufferInstall | None = None
 def install_marker_jitter_buffer() -> None:
     """Idempotent, process-wide install for processes that never uninstall (the UI's Streamlit server)."""
     global _process_install
-    if _process_install is None:
-        _process_install = MarkerJitterBufferInstall()
-        _process_install.install()
+    current = _process_install
+    if current is not None and aiortc.rtcrtpreceiver.JitterBuffer is current._factory:
+        return
+    _process_install = MarkerJitterBufferInstall()
+    _process_install.install()

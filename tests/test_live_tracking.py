@@ -73,7 +73,9 @@ async def test_ids_events_and_predicted_boxes_with_a_real_peer(model_dir: Path) 
             peer.send({"type": "zones", "zones": [{"name": "bad", "polygon": [[0, 0], [2, 2], [0, 1]]}]})
             events = lambda: peer.events  # noqa: E731
             await peer.wait_until(
-                lambda: sum(e["type"] == "line_cross" for e in events()) >= 3, 30, "three line crossings"
+                lambda: sum(e["type"] == "line_cross" for e in events()) >= 3 and len(drawn) >= 90,
+                40,
+                "three line crossings and 90 frames drawn",
             )
             metrics = await (await http.get(f"{server.url}/metrics")).text()
         finally:

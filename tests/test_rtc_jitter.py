@@ -37,6 +37,13 @@ H264 = RTCRtpCodecParameters(
 CODECS = {"VP8": VP8, "H264": H264}
 
 
+@pytest.fixture(autouse=True)
+def stock_aiortc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from aiortc as it ships, whatever an earlier test installed process-wide (the UI
+    relay installs the marker buffer for good, as its process wants)."""
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "JitterBuffer", JitterBuffer)
+
+
 def test_aiortc_internals_the_seam_relies_on() -> None:
     """If any of this changes, rtc/jitter.py must be re-checked against the new aiortc."""
     assert aiortc.__version__ == "1.16.0"  # pinned in pyproject.toml
