@@ -1,0 +1,27 @@
+"""tools.live_bench writes only its own section of docs/benchmarks.md (no figures asserted: timing is not
+behaviour)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.live_bench import BEGIN, END, ErrorRow, IdRow, RttRow, render, write_section
+
+
+def test_the_report_replaces_only_its_own_section(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nsomeone else's table\n")
+    rtt = [
+        RttRow("VP8", "aiortc echo", 300, 30.0, 80.0, 95.0, 99.0, 80.0, 81.0, 1.2, 3.0),
+        RttRow("VP8", "rtdetect", 300, 30.0, 50.0, 65.0, 70.0, 50.0, 50.5, 1.0, 3.0),
+    ]
+    errors = [ErrorRow("smooth", True, 900, 99.0, 4.0, 10.0, 20.0, 2.0, 1.0, 25.0)]
+    first = render(rtt, errors, IdRow(60, 600, 590, 0, [1, 2]), "a machine", "quiet")
+    write_section(doc, first)
+    assert "VP8: rtdetect's p50 is 30.0 ms below the bare aiortc echo's." in doc.read_text()
+    assert "2.00 on the pipeline's executor + 1.00 through the batcher = 3.00" in doc.read_text()
+    second = render([], [], None, "another machine", "busy")
+    write_section(doc, second)
+    text = doc.read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "someone else's table" in text and "another machine" in text and "a machine." not in text
