@@ -105,6 +105,7 @@ bench: setup
 	$(BIN)/python -m tools.bench --peers 1 --seconds 300 --fps 30
 	$(BIN)/python -m tools.bench --peers 2 --seconds 60 --fps 30
 	$(BIN)/python -m tools.bench --peers 1 --seconds 60 --fps 30 --engine-delay-ms 50
+	$(BIN)/python -m tools.live_bench
 	$(BIN)/python -m tools.grpc_bench --model-dir $(MODEL_DIR)
 
 clean:
