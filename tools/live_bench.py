@@ -349,7 +349,10 @@ def render(
     if rtt:
         out += [
             "Round trip, 1 peer, 640x480 at 30 fps, the same stock-aiortc synthetic client; rtdetect runs the "
-            "real model on every frame it can (backpressure `latest`), the echo server only echoes.",
+            "real model on every frame it can (backpressure `latest`) and draws the boxes, the echo server only "
+            "echoes. The difference is the server's receiver: aiortc's jitter buffer holds each frame until the "
+            "next one starts (one frame interval, 33 ms); rtdetect's releases it on its RTP marker bit "
+            "(rtc/jitter.py). The client's own receiver is stock aiortc in both runs.",
             "",
             "| codec | server | s | received FPS | RTT p50 | p95 | p99 | first tenth | last tenth | drift | load avg |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
