@@ -14,6 +14,12 @@ from inference.spec import SPEC_FILENAME
 # Tests never listen on a fixed port: the detect API's gRPC port (default 50051) is off in every app and
 # server a test starts, unless the test sets RTDETECT_GRPC_PORT / grpc_port to a free port itself.
 os.environ.setdefault("RTDETECT_GRPC_PORT", "0")
+# Tests hold the served detections to the FP32 model's. backend=auto (the servers' default) picks the fastest
+# engine by timing it, which on a loaded machine can change from run to run, and INT8 finds slightly other
+# boxes: every server a test starts runs ONNX Runtime FP32 unless the test asks for the automatic choice.
+for _prefix in ("RTDETECT_", "RTDETECT_MEDIA_"):
+    os.environ.setdefault(f"{_prefix}BACKEND", "onnxruntime")
+    os.environ.setdefault(f"{_prefix}PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")

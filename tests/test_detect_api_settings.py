@@ -17,7 +17,8 @@ from tests.web_servers import ROOT
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("RTDETECT_MODEL_DIR", raising=False)
+    for name in ("RTDETECT_MODEL_DIR", "RTDETECT_BACKEND", "RTDETECT_PRECISION"):  # conftest pins the engine
+        monkeypatch.delenv(name, raising=False)
     settings = Settings()
     assert settings.model_dir == default_model_dir()
     # The engine: chosen at start-up (fastest under the accuracy gate), unless set.

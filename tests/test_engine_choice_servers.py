@@ -30,7 +30,7 @@ def _check(model: dict[str, object], model_dir: Path) -> None:
 
 
 async def test_detect_api_chooses_and_reports(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings(model_dir=model_dir, gpu_sample_interval_s=0)
+    settings = Settings(model_dir=model_dir, gpu_sample_interval_s=0, backend="auto", precision="auto")
     assert (settings.backend, settings.precision) == ("auto", "auto")
     with caplog.at_level(logging.INFO):
         async with serve(create_app(settings)) as client:
@@ -46,7 +46,9 @@ async def test_detect_api_chooses_and_reports(model_dir: Path, caplog: pytest.Lo
 
 async def test_media_server_chooses_and_reports(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
-        settings = loopback_settings(model_dir=model_dir, gpu_sample_interval_s=0)
+        settings = loopback_settings(
+            model_dir=model_dir, gpu_sample_interval_s=0, backend="auto", precision="auto"
+        )
         async with running_server(settings) as server, httpx.AsyncClient() as client:
             ready = (await client.get(f"{server.url}/readyz")).json()
     model = ready["model"]

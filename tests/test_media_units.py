@@ -44,6 +44,8 @@ DETECTIONS = (
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RTDETECT_MEDIA_BACKEND", "RTDETECT_MEDIA_PRECISION"):  # conftest pins the engine
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RTDETECT_MEDIA_ICE_HOST_ADDRESSES", "127.0.0.1, ::1")
     monkeypatch.setenv("RTDETECT_MEDIA_ICE_ANNOUNCED_ADDRESSES", "10.0.0.5=203.0.113.7")
     monkeypatch.setenv("RTDETECT_MEDIA_ICE_SERVERS", '[{"urls": "stun:stun.example.test:3478"}]')
