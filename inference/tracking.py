@@ -37,6 +37,7 @@ class TrackerConfig:
     match_iou: float = 0.2  # first association: IoU at least this
     low_match_iou: float = 0.5  # second association (low-score detections are less reliable)
     min_hits: int = 2  # hits before a track gets an id (one-frame false positives get none)
+    duplicate_iou: float = 0.4  # an unmatched detection this close to a matched track starts no track
     max_lost_s: float = 1.0  # a track unmatched this long is removed
     max_predict_s: float = 0.5  # `box_at` extrapolates at most this far from the track's last update
     # ByteTrack's weights, for association.
@@ -261,7 +262,13 @@ class Tracker:
                 kept.append(track)
             elif track.track_id is not None:
                 self.removed.append(track.snapshot(cfg.max_predict_s))
-        for j in new:
+        # A detection overlapping a track this result already matched is a second box on the same object
+        # (NMS keeps pairs under its IoU): no new track, or the object would soon carry two ids.
+        taken = [tr.box for tr in kept if tr.matched]
+        overlap = iou_matrix([high_left[j].box for j in new], taken)
+        for row, j in enumerate(new):
+            if taken and overlap[row].max() >= cfg.duplicate_iou:
+                continue
             track = _Track(high_left[j], t, cfg)
             if cfg.min_hits <= 1:
                 track.track_id = self.last_id = next(self._ids)

