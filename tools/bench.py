@@ -204,7 +204,7 @@ async def run_once(
             fps=fps,
             engine_delay_ms=engine_delay_ms,
             seconds=round(end - start, 1),
-            model=f"{info['name']} ({info['backend']}, {info['provider']})",
+            model=f"{info['name']} ({info['backend']} {info.get('precision', 'fp32')}, {info['provider']})",
             server_cpu_pct=(cpu1 - cpu0) / (end - start) * 100.0,
             server_rss_mb=rss,
             client_cpu_pct=(client1 - client0) / (end - start) * 100.0,
