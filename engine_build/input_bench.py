@@ -25,6 +25,7 @@ import numpy as np
 
 from engine_build.bench import _api_server, _drive_detect, _progress, machine_description, write_section
 from inference.engines import Engine, create_engine
+from inference.gate import cpu_identity
 from inference.preprocess import preprocess_one
 from inference.spec import InputFormat, ModelSpec
 from tools.servers import LOOPBACK, free_port
@@ -36,20 +37,9 @@ FORMATS: tuple[InputFormat, ...] = ("float", "uint8-nhwc", "uint8-nchw")
 SERVER_ENV = {"RTDETECT_BACKEND": "onnxruntime", "RTDETECT_GRPC_PORT": "0"}
 
 
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
 def machine() -> str:
     """The bench's machine line, plus the CPU flags that matter and the cores this process may use."""
-    try:
-        words = set(
-            next(
-                ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")
-            ).split()
-        )
-    except (OSError, StopIteration):
-        words = set()
-    flags = " ".join(f for f in FLAGS if f in words) or "none of " + ", ".join(FLAGS)
+    flags = " ".join(cpu_identity()[1]) or "none that matter"
     usable = len(os.sched_getaffinity(0))
     pinned = f"; pinned to {usable} of them" if usable < (os.cpu_count() or usable) else ""
     return f"{machine_description()}{pinned}; CPU flags: {flags}"

@@ -43,6 +43,7 @@ from engine_build.bench import (
 )
 from engine_build.export import parity_images
 from inference.engines import Engine, create_engine
+from inference.gate import cpu_identity
 from inference.pipeline import CPU_WORKERS
 from inference.preprocess import preprocess
 from inference.spec import ModelSpec
@@ -54,19 +55,9 @@ STREAM = "/rtdetect.v1.DetectService/DetectStream"
 LEVELS = (("REST /detect", 1), ("gRPC Detect", 1), ("REST /detect", 4), ("gRPC Detect", 4))
 
 
-# The CPU features that change inference speed (docs: ENVIRONMENT's "CPUs differ between machines").
-_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-
-
 def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in _CPU_FLAGS if f in present) or "none of " + " ".join(_CPU_FLAGS)
-    except OSError:
-        pass
-    return "unknown"
+    """The CPU features that change inference speed (docs: ENVIRONMENT's "CPUs differ between machines")."""
+    return " ".join(cpu_identity()[1]) or "none that matter"
 
 
 def _progress(msg: str) -> None:

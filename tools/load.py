@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +44,7 @@ import cv2
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference.gate import cpu_identity
 from tools.synthetic import NumberedTrack, SyntheticPeer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -455,15 +454,8 @@ def render_throughput(kind: str, levels: Sequence[ThroughputLevel], target: str,
 
 
 def machine_description() -> str:
-    cpu, flags = platform.machine(), ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == platform.machine():
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-                flags = " ".join(f for f in wanted if f in have)
+    cpu, flag_list = cpu_identity()
+    flags = " ".join(flag_list)
     load = os.getloadavg()[0]
     return f"{cpu} ({flags or 'no avx2'}), {os.cpu_count()} cores, load average {load:.1f} at the end"
 

@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference.gate import cpu_identity
 from inference.paths import default_model_dir
 from rtc.ice import HostAddressOverride
 from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
@@ -541,14 +542,8 @@ def render_soak(result: SoakResult) -> str:
 
 
 def machine_description() -> str:
-    cpu, flags = platform.machine(), ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == platform.machine():
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = " ".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_bf16") if f in have)
+    cpu, flag_list = cpu_identity()
+    flags = " ".join(flag_list)
     return f"{cpu} ({flags or 'no avx2'}), {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
