@@ -83,6 +83,22 @@ def detect_options(
     return options
 
 
+def detect_request_message(
+    image: ImageInput,
+    annotated: bool = False,
+    score_threshold: float | None = None,
+    iou_threshold: float | None = None,
+    max_detections: int | None = None,
+    classes: Sequence[str | int] | None = None,
+) -> pb.DetectRequest:
+    """One Detect request, built the same way by the blocking and the asyncio client."""
+    return pb.DetectRequest(
+        image=image_message(image),
+        options=detect_options(score_threshold, iou_threshold, max_detections, classes),
+        annotated=annotated,
+    )
+
+
 def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),
@@ -138,10 +154,8 @@ class DetectClient:
         max_detections: int | None = None,
         classes: Sequence[str | int] | None = None,
     ) -> pb.DetectResponse:
-        request = pb.DetectRequest(
-            image=image_message(image),
-            options=detect_options(score_threshold, iou_threshold, max_detections, classes),
-            annotated=annotated,
+        request = detect_request_message(
+            image, annotated, score_threshold, iou_threshold, max_detections, classes
         )
         try:
             response: pb.DetectResponse = self._stub.Detect(
@@ -233,10 +247,8 @@ class AsyncDetectClient:
         max_detections: int | None = None,
         classes: Sequence[str | int] | None = None,
     ) -> pb.DetectResponse:
-        request = pb.DetectRequest(
-            image=image_message(image),
-            options=detect_options(score_threshold, iou_threshold, max_detections, classes),
-            annotated=annotated,
+        request = detect_request_message(
+            image, annotated, score_threshold, iou_threshold, max_detections, classes
         )
         return await self.detect_request(request)
 
