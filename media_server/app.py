@@ -26,6 +26,7 @@ from inference.types import DetectParams
 from inference.zones import Geometry
 from media_server.auth import access_middleware
 from media_server.detector import DetectorLike, build_detector
+from media_server.fleet import Fleet, ReplicaLoad
 from media_server.ice import client_ice_servers, server_rtc_configuration
 from media_server.peers import OfferError, PeerRegistry, PeerSession, check_offer_sdp
 from media_server.settings import Settings
@@ -56,6 +57,8 @@ class ServerState:
     executor: ThreadPoolExecutor
     host_addresses: HostAddressOverride
     media_factory: MediaFactory
+    # The other replicas' loads, for least-loaded placement (fleet.py); empty when RTDETECT_MEDIA_FLEET is unset.
+    fleet: Fleet
     # Video frames released on the RTP marker bit (rtc/jitter.py), for the peers created while it runs.
     jitter_buffer: MarkerJitterBufferInstall = field(default_factory=MarkerJitterBufferInstall)
 
@@ -268,14 +271,32 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def room(request: web.Request) -> web.Response:
     """Whether this replica takes a new peer: the front's health check for new offers (docs/scale.md).
-    200 with the live peer count while there is room; 503 with Retry-After when full or not ready."""
+    200 with the live peer count while there is room and, with a fleet configured, no other replica with
+    room holds fewer peers; 503 with Retry-After otherwise (full, not ready, or not the least loaded)."""
     state = request.app[STATE]
+    settings = state.settings
     if not state.detector.ready:
-        raise ApiError(503, "not_ready", "the model is not loaded", retry_after=state.settings.retry_after_s)
-    count, limit = len(state.peers), state.settings.max_peers
+        raise ApiError(503, "not_ready", "the model is not loaded", retry_after=settings.retry_after_s)
+    count, limit = len(state.peers), settings.max_peers
     if count >= limit:
-        raise _too_many_peers(state.settings)
+        raise _too_many_peers(settings)
+    if state.fleet.configured:
+        fewest = await state.fleet.least_loaded_peers()
+        if fewest is not None and fewest < count:
+            raise ApiError(
+                503,
+                "not_least_loaded",
+                f"this replica holds {count} peers and another with room holds {fewest}: new peers go there",
+                retry_after=settings.retry_after_s,
+            )
     return web.json_response({"peers": count, "max_peers": limit, "room": limit - count})
+
+
+async def load(request: web.Request) -> web.Response:
+    """This replica's load, always 200: what the other replicas of a fleet compare themselves with."""
+    state = request.app[STATE]
+    here = ReplicaLoad(state.fleet.instance, len(state.peers), state.settings.max_peers, state.detector.ready)
+    return web.json_response(here.as_json())
 
 
 async def peers(request: web.Request) -> web.Response:
@@ -332,6 +353,7 @@ def create_app(
         ),
         host_addresses=HostAddressOverride(settings.ice_host_addresses),
         media_factory=media_factory,
+        fleet=Fleet(settings.fleet, timeout_s=settings.fleet_timeout_s, cache_s=settings.fleet_cache_s),
     )
     registry.register(PeerFramesCollector(lambda: ((p.id, p.media.stats()) for p in state.peers)))
     app = web.Application(
@@ -347,6 +369,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/room", room)
+    app.router.add_get("/load", load)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/peers", peers)
     app.on_startup.append(_startup)
@@ -396,3 +419,4 @@ async def _cleanup(app: web.Application) -> None:
     await asyncio.to_thread(state.executor.shutdown, wait=True)
     state.host_addresses.uninstall()
     state.jitter_buffer.uninstall()
+    await state.fleet.close()

@@ -1,7 +1,7 @@
 """Who may use the media server: API keys, the /offer guards and the per-client limits, as one middleware.
 
 - API keys (inference/apikeys.py), deny by default: with auth on every path needs `Authorization: Bearer
-  <key>` except the page itself (`/`, `/static/...`), the probes (/healthz, /readyz, /room) and, when metrics_auth
+  <key>` except the page itself (`/`, `/static/...`), the probes (/healthz, /readyz, /room, /load) and, when metrics_auth
   is off, /metrics. Missing and wrong keys are both 401 JSON with `WWW-Authenticate: Bearer`, as in the detect
   API: the page asks for the key on a 401.
 - POST /offer takes `application/json` only (415) and, when the request carries an Origin, only the server's
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/room"})  # /room: the front's health check
+# /room: the front's health check; /load: the other replicas' (fleet.py)
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/room", "/load"})
 OPEN_PREFIXES = ("/static/",)
 TURN_PATHS = frozenset({"/ice-servers", "/config"})
 REALM = 'Bearer realm="rtdetect"'

@@ -61,6 +61,11 @@ class Settings(ServingSettings, MediaAuthSettings, LiveTrackingSettings):
     max_peers: int = Field(default=4, ge=1)
     max_offer_bytes: int = Field(default=64 * 1024, ge=1024)
     retry_after_s: int = Field(default=5, ge=1)
+    # Replicas (media_server/fleet.py): the replicas' base URLs as this one reaches them (itself may be
+    # listed). Set, GET /room admits new peers only while no other replica with room holds fewer peers.
+    fleet: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fleet_timeout_s: float = Field(default=0.5, gt=0.0)  # per GET /load of another replica
+    fleet_cache_s: float = Field(default=0.2, ge=0.0)  # one round of reads serves this long
     # A peer that is not connected this long after its answer, or sends no frame for this long, is closed.
     disconnect_timeout_s: float = Field(default=10.0, gt=0.0)
     # Remote ICE candidates kept per media section of an offer; the rest are dropped before ICE checks them
@@ -102,6 +107,22 @@ class Settings(ServingSettings, MediaAuthSettings, LiveTrackingSettings):
         for url in value:
             if not validate_ice_url(url).startswith("turn"):
                 raise ValueError(f"TURN URLs must start with turn: or turns:, got {url!r}")
+        return value
+
+    @field_validator("fleet", mode="before")
+    @classmethod
+    def _parse_fleet(cls, value: Any) -> Any:
+        # Space- or comma-separated, like the front's FRONT_MEDIA_UPSTREAMS; or JSON.
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return value.replace(",", " ").split()
+        return split_list(value)
+
+    @field_validator("fleet")
+    @classmethod
+    def _fleet_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"fleet entries are base URLs (http://host:port), got {url!r}")
         return value
 
     @field_validator("ice_announced_addresses", mode="before")

@@ -89,7 +89,7 @@ async def running_server(
     if detector is not None and not detector.ready:
         await detector.start()
     # The server's own HTTP limits (read deadlines, connection cap), as `python -m media_server` runs it.
-    http = await start_http(app, settings, host=LOOPBACK, port=0)
+    http = await start_http(app, settings, host=LOOPBACK, port=settings.port)  # 0 unless a test chose one
     try:
         yield RunningServer(f"http://{LOOPBACK}:{http.port}", app, http)
     finally:

@@ -41,18 +41,29 @@ class Fleet:
 
 
 @asynccontextmanager
-async def fleet(model_dir: Path, logs: Path, replicas: int = 2, max_peers: int = 1) -> AsyncIterator[Fleet]:
+async def fleet(
+    model_dir: Path, logs: Path, replicas: int = 2, max_peers: int = 1, least_loaded: bool = False
+) -> AsyncIterator[Fleet]:
+    """`least_loaded`: the replicas know each other (RTDETECT_MEDIA_FLEET) and admit new peers only on the
+    least loaded one; otherwise each admits while it has room."""
     caddy = require_caddy()
     spec = ModelSpec.load(model_dir)
     detector = Detector(create_engine("onnxruntime", model_dir, spec), spec)
     await detector.start()
     async with AsyncExitStack() as stack:
         stack.push_async_callback(detector.close)
+        ports = [free_port() for _ in range(replicas)]
+        known = [f"http://{LOOPBACK}:{port}" for port in ports] if least_loaded else []
         servers = [
             await stack.enter_async_context(
-                running_server(loopback_settings(model_dir=model_dir, max_peers=max_peers), detector)
+                running_server(
+                    loopback_settings(
+                        model_dir=model_dir, max_peers=max_peers, port=port, fleet=known, fleet_cache_s=0
+                    ),
+                    detector,
+                )
             )
-            for _ in range(replicas)
+            for port in ports
         ]
         https_port, http_port, health_port = free_port(), free_port(), free_port()
         closed = f"{LOOPBACK}:{free_port()}"  # no detect API, UI or Grafana here
@@ -153,6 +164,37 @@ async def test_peers_spread_stick_to_their_replica_and_a_full_fleet_answers_503(
             # The video keeps flowing for the peers already placed.
             for peer in peers:
                 await peer.wait_for_frames(len(peer.echoes) + 10, limit_s=20)
+        finally:
+            for peer in peers:
+                await peer.close()
+            for session in sessions:
+                await session.close()
+
+
+async def test_new_peers_go_to_the_least_loaded_replica(
+    model_dir: Path, photos: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    async with fleet(model_dir, tmp_path, max_peers=4, least_loaded=True) as f:
+        peers: list[SyntheticPeer] = []
+        sessions: list[aiohttp.ClientSession] = []
+        try:
+            # Replica 0 holds three peers that reached it without the front (another front, say).
+            direct = aiohttp.ClientSession()
+            sessions.append(direct)
+            for _ in range(3):  # one at a time: a client may have only two offers pending
+                peers.append(SyntheticPeer(f.replicas[0].url, photos["astronaut"], fps=10))
+                await peers[-1].connect(direct)
+                await peers[-1].wait_for_frames(3, limit_s=20)
+            # Three new peers through the front all go to replica 1, the less loaded (random placement among
+            # replicas with room would put each there with probability 1/2).
+            for n in range(3):
+                await asyncio.sleep(3 * HEALTH_INTERVAL_S)  # the front's health-check period
+                sessions.append(client(f))
+                peers.append(SyntheticPeer(f.front, photos["astronaut"], fps=10))
+                await peers[-1].connect(sessions[-1])
+                await peers[-1].wait_for_frames(3, limit_s=20)
+                assert holder(f, peers[-1]) == 1, f"peer {n + 1} through the front went to the busier replica"
+            assert [len(s.state.peers) for s in f.replicas] == [3, 3]
         finally:
             for peer in peers:
                 await peer.close()

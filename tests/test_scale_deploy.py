@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from engine_build.__main__ import BuildSettings, build_parser
+from media_server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRETS = {"TURN_SECRET": "test-turn-secret", "GRAFANA_ADMIN_PASSWORD": "test-grafana-password"}
@@ -73,6 +74,10 @@ def test_servers_use_triton_and_replicas_are_distinct(config: dict[str, Any]) ->
     assert len(addresses) == len(REPLICAS) and len(ranges) == len(REPLICAS), (addresses, ranges)
     upstreams = shlex.split(services["front"]["environment"]["FRONT_MEDIA_UPSTREAMS"])
     assert upstreams == [f"{name}:8080" for name in REPLICAS]
+    # Least-loaded placement: every replica compares itself with every replica the front sends offers to.
+    for name in REPLICAS:
+        fleet = Settings(fleet=services[name]["environment"]["RTDETECT_MEDIA_FLEET"]).fleet
+        assert fleet == [f"http://{u}" for u in upstreams], (name, fleet)
 
 
 def test_prometheus_scrapes_triton_and_every_replica(config: dict[str, Any]) -> None:
