@@ -3,6 +3,11 @@ real model, the stop at the first level that misses the bar, the plot, and a /de
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import cv2
@@ -14,6 +19,7 @@ from tests.media_support import loopback_settings, running_server
 from tools.load import (
     detect_level,
     live_sweep,
+    main_thread_seconds,
     panning_bases,
     parse_args,
     plot_live,
@@ -69,3 +75,33 @@ async def test_detect_sweep_counts_requests_per_second(tmp_path: Path) -> None:
         level = await detect_level(f"http://{host}:{port}", jpeg, 2, 1.0, {})
     assert level.errors == 0 and level.requests > 5 and level.per_s > 5
     assert 0 < level.p50_ms <= level.p95_ms
+
+
+def test_main_thread_seconds_counts_the_main_thread_only() -> None:
+    """The GIL column (--pid) reads the main thread's own CPU time, not the process's: a process spinning in a
+    worker thread shows next to nothing, one spinning in its main thread about the time it spun."""
+    spin = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+    programs = {
+        "main": spin + "import sys; sys.stdin.read()",
+        "worker": "import threading\ndef work():\n" + textwrap.indent(spin, "    ")
+        + "threading.Thread(target=work).start()\nimport sys; sys.stdin.read()",
+    }  # fmt: skip
+    seconds = {}
+    for name, program in programs.items():
+        proc = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE)
+        try:
+            # Until the spin is over: the process's CPU time (all threads) passes 0.6 s.
+            while process_seconds(proc.pid) < 0.6:
+                time.sleep(0.05)  # polling a child's CPU time until it has spun
+            seconds[name] = main_thread_seconds([proc.pid])[proc.pid]
+        finally:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=10)
+    assert seconds["main"] >= 0.5, seconds
+    assert seconds["worker"] < 0.3, seconds
+
+
+def process_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

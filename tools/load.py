@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import itertools
 import json
@@ -122,6 +123,18 @@ async def scrape(http: aiohttp.ClientSession, url: str, headers: dict[str, str])
     return out
 
 
+def main_thread_seconds(pids: Sequence[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of each process's main thread (tid = pid), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
+    return seconds
+
+
 def _delta(before: list[dict[str, float]], after: list[dict[str, float]], key: str) -> float:
     return sum(a.get(key, 0.0) - b.get(key, 0.0) for b, a in zip(before, after, strict=True))
 
@@ -145,6 +158,9 @@ class LiveLevel:
     dropped_output: float
     refused: int
     misses: list[str] = field(default_factory=list)
+    # With --pid (servers on this machine): the busiest server's main thread, % of one core. That thread runs
+    # the event loop and aiortc's Python (RTP, SRTP, SCTP): the part of a peer that holds the GIL.
+    main_thread_pct: float | None = None
 
     @property
     def passed(self) -> bool:
@@ -185,11 +201,19 @@ async def live_sweep(args: argparse.Namespace) -> list[LiveLevel]:
                     peers.append((peer, arrivals))
                 await asyncio.sleep(args.warmup)  # encoders ramp their bitrate up after a peer starts
                 before = [await scrape(http, u, headers) for u in metrics_urls]
+                threads_before = main_thread_seconds(args.pid or [])
                 start = time.monotonic()
                 await asyncio.sleep(args.seconds)
                 end = time.monotonic()
+                threads_after = main_thread_seconds(args.pid or [])
                 after = [await scrape(http, u, headers) for u in metrics_urls]
                 level = _measure(peers, before, after, start, end, refused)
+                shares = [
+                    (threads_after[pid] - threads_before[pid]) / (end - start) * 100
+                    for pid in threads_after
+                    if pid in threads_before
+                ]
+                level.main_thread_pct = max(shares) if shares else None
                 level.misses = _misses(level, args, target)
                 levels.append(level)
                 log(_row_text(level))
@@ -263,10 +287,12 @@ def _row_text(level: LiveLevel) -> str:
         f"{level.results_per_peer:.1f} "
         f"results/s per peer, server CPU {cpu} per peer, dropped {level.dropped_inference:.0f} (inference) "
         f"{level.dropped_output:.0f} (output)"
+        + (f", main thread {level.main_thread_pct:.0f} %" if level.main_thread_pct is not None else "")
     )
 
 
 def render_live(levels: Sequence[LiveLevel], args: argparse.Namespace, note: str) -> str:
+    threads = any(lv.main_thread_pct is not None for lv in levels)
     lines = [
         f"## Load: live streams{': ' + args.title if args.title else ''} (`python -m tools.load live`)",
         "",
@@ -274,13 +300,21 @@ def render_live(levels: Sequence[LiveLevel], args: argparse.Namespace, note: str
         f"{args.fps:g} fps per peer, a real photo panning; {args.seconds:g} s per level after {args.warmup:g} s "
         f"of warm-up; peers are added and kept. Quality bar: every peer >= {args.min_fps:g} FPS, round trip "
         f"p95 <= {args.max_p95_ms:g} ms, >= {args.min_results:g} results/s per peer. CPU is % of one core per "
-        "peer, all measured servers together (their process_cpu_seconds_total).",
+        "peer, all measured servers together (their process_cpu_seconds_total)."
+        + (
+            " Main thread: the busiest server's event-loop thread, % of one core (/proc; the GIL-bound part)."
+            if threads
+            else ""
+        ),
         "",
         f"Machine: {machine_description()}. {note}".rstrip(),
         "",
         "| peers | FPS min | FPS mean | RTT p50 | p95 | p99 | drift | results/s per peer | server CPU per peer "
-        "| dropped (inference) | dropped (output) | verdict |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        + ("| server CPU | main thread " if threads else "")
+        + "| dropped (inference) | dropped (output) | verdict |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|---:|" if threads else "")
+        + "---:|---:|---|",
     ]
     for lv in levels:
         cpu = f"{lv.cpu_per_peer_pct:.0f} %" if lv.cpu_per_peer_pct is not None else "n/a"
@@ -288,7 +322,8 @@ def render_live(levels: Sequence[LiveLevel], args: argparse.Namespace, note: str
         lines.append(
             f"| {lv.peers} | {lv.fps_min:.1f} | {lv.fps_mean:.1f} | {lv.rtt_p50_ms:.0f} ms | {lv.rtt_p95_ms:.0f} ms "
             f"| {lv.rtt_p99_ms:.0f} ms | {lv.drift_pct:+.0f} % | {lv.results_per_peer:.1f} | {cpu} "
-            f"| {lv.dropped_inference:.0f} "
+            + (f"| {_pct(lv.cpu_per_peer_pct, lv.peers)} | {_pct(lv.main_thread_pct)} " if threads else "")
+            + f"| {lv.dropped_inference:.0f} "
             f"| {lv.dropped_output:.0f} | {verdict} |"
         )
     held = [lv.peers for lv in levels if lv.passed]
@@ -301,6 +336,10 @@ def render_live(levels: Sequence[LiveLevel], args: argparse.Namespace, note: str
     data = json.dumps([asdict(lv) for lv in levels], separators=(",", ":"))
     lines += ["", f"<!-- tools.load:live:data {data} -->"]
     return "\n".join(lines)
+
+
+def _pct(value: float | None, times: int = 1) -> str:
+    return f"{value * times:.0f} %" if value is not None else "n/a"
 
 
 def plot_live(levels: Sequence[LiveLevel], path: Path) -> None:
@@ -508,6 +547,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--ice-host", action="append", help="the clients' own host candidates (loopback in a namespace)"
     )
     p.add_argument("--insecure", action="store_true", help="do not verify the front's certificate")
+    p.add_argument(
+        "--pid",
+        type=int,
+        action="append",
+        help="a server process on this machine: report its main thread's CPU",
+    )
     p.add_argument("--plot", type=Path, default=PLOT)
     p.add_argument("--section", default="live", help="section name in the page (several runs side by side)")
     p.add_argument("--title", default="", help="what this run measures, in the section's heading")

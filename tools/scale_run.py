@@ -9,7 +9,9 @@ Starts a real tritonserver (tools/triton.py), then, against it:
      its CPU per peer is the per-peer cost;
   4. the same ramp (640x480) against two media-server replicas behind the front (docker/Caddyfile on
      Debian's caddy), both on the same Triton;
-  5. one peer for `--drift-seconds` through Triton: received FPS and round-trip drift.
+  5. one peer for `--drift-seconds` through Triton: received FPS and round-trip drift;
+  6. one media process ramped past the engine's share (results/s left out of the bar) until FPS or p95 gives,
+     with its main thread's CPU share per level: where the GIL binds one process.
 Each step writes its section of docs/benchmarks.md (tools.load:scale-*). Run it inside a loopback-only network
 namespace (`unshare -n`), as root; it takes about 8 minutes.
 """
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -47,10 +50,16 @@ from tools.triton import triton_process, write_repo
 CADDYFILE = ROOT / "docker" / "Caddyfile"
 
 
+@dataclass(frozen=True)
+class Local:
+    url: str
+    pid: int  # for the main thread's CPU share (tools.load --pid)
+
+
 @contextlib.contextmanager
 def media_server(
     model_dir: Path, triton_url: str | None, logs: Path, name: str, max_peers: int
-) -> Iterator[str]:
+) -> Iterator[Local]:
     """A media-server process on loopback; on Triton when `triton_url` is set, else its own engine (auto)."""
     port = free_port()
     env = {
@@ -72,12 +81,12 @@ def media_server(
     with server_process(
         [sys.executable, "-m", "media_server"], ready_url=f"{url}/readyz", log_path=logs / f"{name}.log",
         env=env, cwd=ROOT, timeout_s=120,
-    ):  # fmt: skip
-        yield url
+    ) as server:  # fmt: skip
+        yield Local(url, server.proc.pid)
 
 
 @contextlib.contextmanager
-def detect_api(model_dir: Path, triton_url: str, logs: Path) -> Iterator[str]:
+def detect_api(model_dir: Path, triton_url: str, logs: Path, api_batch: int) -> Iterator[str]:
     port = free_port()
     env = {
         "RTDETECT_HOST": LOOPBACK,
@@ -88,8 +97,9 @@ def detect_api(model_dir: Path, triton_url: str, logs: Path) -> Iterator[str]:
         "RTDETECT_BACKEND": "triton",
         "RTDETECT_TRITON__URL": triton_url,
         "RTDETECT_TRITON__SHARED_MEMORY": "system",
-        # Single images, 8 in flight: Triton forms the batches.
-        "RTDETECT_MAX_BATCH_SIZE": "1",
+        # The API's own batcher sends up to `api_batch` images per Triton request; Triton batches across
+        # requests too. 8 (the repository's max_batch_size) beat single images here (docs/scale.md).
+        "RTDETECT_MAX_BATCH_SIZE": str(api_batch),
         "RTDETECT_INFERENCE_WORKERS": "8",
     }
     url = f"http://{LOOPBACK}:{port}"
@@ -137,16 +147,16 @@ def front(upstreams: Sequence[str], logs: Path) -> Iterator[str]:
 
 
 def live(
-    url: str, metrics: Sequence[str], levels: str, seconds: float, section: str, output: Path, title: str,
+    url: str, servers: Sequence[Local], levels: str, seconds: float, section: str, output: Path, title: str,
     note: str, size: tuple[int, int] = (640, 480), plot: Path | None = None, insecure: bool = False,
-    max_p95_ms: float = 250.0,
+    max_p95_ms: float = 250.0, min_results: float = 5.0,
 ) -> None:  # fmt: skip
     argv = ["live", "--url", url, "--levels", levels, "--seconds", str(seconds), "--ice-host", LOOPBACK,
-            "--max-p95-ms", str(max_p95_ms),
+            "--max-p95-ms", str(max_p95_ms), "--min-results", str(min_results),
             "--width", str(size[0]), "--height", str(size[1]), "--section", section, "--title", title,
             "--note", note, "--output", str(output)]  # fmt: skip
-    for m in metrics:
-        argv += ["--metrics", m]
+    for server in servers:
+        argv += ["--metrics", server.url, "--pid", str(server.pid)]
     if insecure:
         argv.append("--insecure")
     args = parse_args(argv)
@@ -165,8 +175,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drift-seconds", type=float, default=60.0)
     parser.add_argument("--note", default="", help="the machine's state, printed under every table")
     parser.add_argument(
-        "--skip", action="append", default=[], help="engine, detect, live, hd, drift, replicas"
+        "--skip", action="append", default=[], help="engine, detect, live, hd, drift, gil, replicas"
     )
+    parser.add_argument(
+        "--api-batch",
+        type=int,
+        default=8,
+        help="the detect API's max batch size towards Triton (1: single images)",
+    )
+    parser.add_argument(
+        "--gil-levels", default="4,6,8,10,12",
+        help="peers for the GIL ramp: one process, results/s left out of the bar, until FPS or p95 gives",
+    )  # fmt: skip
     parser.add_argument(
         "--engine", choices=["triton", "local"], default="triton",
         help="local: no Triton, each media process runs its own engine (a GPU host's TensorRT or CUDA)",
@@ -206,28 +226,35 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             if "detect" not in args.skip:
                 jpeg = cv2.imencode(".jpg", _photo())[1].tobytes()
-                with detect_api(model_dir, triton_url, logs) as api:
+                with detect_api(model_dir, triton_url, logs, args.api_batch) as api:
                     asyncio.run(detect_level(api, jpeg, 8, 3.0, {}))  # warm-up
                     served = asyncio.run(detect_level(api, jpeg, 8, 10.0, {}))
                 log(f"/detect through Triton: {served.per_s:.1f} images/s")
-                body = render_throughput("detect", [served], "detect API on Triton", note)
+                target = f"detect API on Triton, batches of up to {args.api_batch} image(s) per request"
+                body = render_throughput("detect", [served], target, note)
                 write_section(out, "scale-detect" + sfx, body)
-        if {"live", "hd", "drift"} - set(args.skip):
+        if {"live", "hd", "drift", "gil"} - set(args.skip):
             with media_server(model_dir, triton_url, logs, "media-1", 32) as one:
                 if "live" not in args.skip:
-                    live(one, [one], args.levels, args.seconds, "scale-one-process" + sfx, out,
+                    live(one.url, [one], args.levels, args.seconds, "scale-one-process" + sfx, out,
                          f"one media process, {engine_name}, 640x480", note, plot=args.plots / f"load_live{sfx}.png", max_p95_ms=args.max_p95_ms)  # fmt: skip
                 if "hd" not in args.skip:
-                    live(one, [one], "1,2,3,4", args.seconds, "scale-one-process-720p" + sfx, out,
+                    live(one.url, [one], "1,2,3,4", args.seconds, "scale-one-process-720p" + sfx, out,
                          f"one media process, {engine_name}, 1280x720", note, size=(1280, 720), max_p95_ms=args.max_p95_ms)  # fmt: skip
                 if "drift" not in args.skip:
-                    live(one, [one], "1", args.drift_seconds, "scale-drift" + sfx, out,
+                    live(one.url, [one], "1", args.drift_seconds, "scale-drift" + sfx, out,
                          f"one peer for {args.drift_seconds:g} s, {engine_name}", note, max_p95_ms=args.max_p95_ms)  # fmt: skip
+                if "gil" not in args.skip:
+                    # Past the engine's share per peer: only FPS and p95 count, so the ramp ends where the
+                    # process (or the machine) gives, and the table shows the main thread's share there.
+                    live(one.url, [one], args.gil_levels, args.seconds, "scale-gil" + sfx, out,
+                         f"one media process ramped until it gives, {engine_name}, 640x480 (results/s not in the bar)",
+                         note, max_p95_ms=args.max_p95_ms, min_results=0.0)  # fmt: skip
         if "replicas" not in args.skip:
             with (
                 media_server(model_dir, triton_url, logs, "replica-1", 16) as r1,
                 media_server(model_dir, triton_url, logs, "replica-2", 16) as r2,
-                front([r1, r2], logs) as url,
+                front([r1.url, r2.url], logs) as url,
             ):
                 live(url, [r1, r2], args.levels, args.seconds, "scale-two-replicas" + sfx, out,
                      f"two media replicas behind the front, {engine_name}, 640x480", note,
