@@ -313,7 +313,14 @@ def _router(settings: Settings) -> APIRouter:
         responses={503: {"model": ErrorBody, "description": "Not ready."}},
     )
     async def readyz(request: Request) -> dict[str, str]:
-        detector = _state(request).require_detector()
+        state = _state(request)
+        detector = state.require_detector()
+        # An engine tier (Triton) may go away after start: readiness follows it, so balancers stop routing.
+        problem = await detector.serving_problem()
+        if problem is not None:
+            raise ApiError(
+                503, "engine_unavailable", problem, {"Retry-After": str(state.settings.retry_after_s)}
+            )
         return {"status": "ready", "model": str(detector.info()["name"])}
 
     @router.get("/model", response_model=ModelOut, responses={503: {"model": ErrorBody}})

@@ -471,6 +471,13 @@ class SelectedEngine:
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         return self._inner().infer(batch)
 
+    def serving_problem(self) -> str | None:
+        """The chosen engine's own answer where it has one (an engine tier such as Triton); else None."""
+        if self._engine is None:
+            return "the engine is not loaded"
+        probe = getattr(self._engine, "serving_problem", None)
+        return None if probe is None else probe()
+
     def close(self) -> None:
         engine, self._engine = self._engine, None
         if engine is not None:

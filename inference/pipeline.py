@@ -175,6 +175,12 @@ class Detector:
             await batcher.close()
         await asyncio.to_thread(self.engine.close)
 
+    async def serving_problem(self) -> str | None:
+        """None while the engine can serve; otherwise why not. An engine in another process (Triton) can go
+        away after start and says so (`serving_problem`); one in this process serves once loaded."""
+        probe = getattr(self.engine, "serving_problem", None)
+        return None if probe is None else await asyncio.to_thread(probe)
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,

@@ -250,10 +250,20 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def _require_serving(state: ServerState) -> None:
+    """503 unless the model is loaded and its engine can serve now (an engine tier such as Triton may have
+    gone away after start: readiness and the front's room check follow it)."""
+    retry = state.settings.retry_after_s
+    if not state.detector.ready:
+        raise ApiError(503, "not_ready", "the model is not loaded", retry_after=retry)
+    problem = await state.detector.serving_problem()
+    if problem is not None:
+        raise ApiError(503, "engine_unavailable", problem, retry_after=retry)
+
+
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    if not state.detector.ready:
-        raise ApiError(503, "not_ready", "the model is not loaded", retry_after=state.settings.retry_after_s)
+    await _require_serving(state)
     return web.json_response(
         {
             "status": "ready",
@@ -272,11 +282,11 @@ async def metrics(request: web.Request) -> web.Response:
 async def room(request: web.Request) -> web.Response:
     """Whether this replica takes a new peer: the front's health check for new offers (docs/scale.md).
     200 with the live peer count while there is room and, with a fleet configured, no other replica with
-    room holds fewer peers; 503 with Retry-After otherwise (full, not ready, or not the least loaded)."""
+    room holds fewer peers; 503 with Retry-After otherwise (full, not ready, engine unavailable, or not the
+    least loaded)."""
     state = request.app[STATE]
     settings = state.settings
-    if not state.detector.ready:
-        raise ApiError(503, "not_ready", "the model is not loaded", retry_after=settings.retry_after_s)
+    await _require_serving(state)
     count, limit = len(state.peers), settings.max_peers
     if count >= limit:
         raise _too_many_peers(settings)
@@ -295,7 +305,8 @@ async def room(request: web.Request) -> web.Response:
 async def load(request: web.Request) -> web.Response:
     """This replica's load, always 200: what the other replicas of a fleet compare themselves with."""
     state = request.app[STATE]
-    here = ReplicaLoad(state.fleet.instance, len(state.peers), state.settings.max_peers, state.detector.ready)
+    serving = state.detector.ready and await state.detector.serving_problem() is None
+    here = ReplicaLoad(state.fleet.instance, len(state.peers), state.settings.max_peers, serving)
     return web.json_response(here.as_json())
 
 

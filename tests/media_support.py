@@ -46,9 +46,13 @@ class FakeDetector:
         self.ready = False
         self.calls = 0
         self.fail = False
+        self.problem: str | None = None  # what serving_problem says (an engine tier gone after start)
 
     async def start(self) -> None:
         self.ready = True
+
+    async def serving_problem(self) -> str | None:
+        return self.problem
 
     async def close(self) -> None:
         self.ready = False

@@ -352,3 +352,21 @@ async def test_file_over_the_limit_inside_the_multipart_allowance_is_413(
         assert str(SMALL_LIMIT) in body["detail"]
         at_limit = fake_image + b"\0" * (SMALL_LIMIT - len(fake_image))  # PNG ignores trailing bytes
         assert (await c.post("/detect", files=upload(at_limit))).status_code == 200
+
+
+async def test_readyz_follows_an_engine_that_goes_away_after_start(
+    detector: Detector, engine: FakeEngine
+) -> None:
+    """An engine in another process (Triton) can go away after start: /readyz says so with the engine's reason,
+    so a balancer stops routing, and is ready again once it is back (the real Triton: tests/test_triton.py)."""
+    problem: list[str | None] = [None]
+    engine.serving_problem = lambda: problem[0]  # type: ignore[attr-defined]
+    await detector.start()
+    async with serve(create_app(fake_settings(), detector=detector)) as c:
+        assert (await c.get("/readyz")).status_code == 200
+        problem[0] = "Triton at 127.0.0.1:1 does not answer: connection refused"
+        ready = await c.get("/readyz")
+        assert assert_error(ready, 503, "engine_unavailable")["detail"] == problem[0]
+        assert ready.headers["retry-after"] == "3"
+        problem[0] = None
+        assert (await c.get("/readyz")).status_code == 200

@@ -124,3 +124,24 @@ def test_fleet_setting_takes_the_fronts_space_separated_form() -> None:
     assert loopback_settings(fleet="http://a:8080,http://b:8080").fleet == ["http://a:8080", "http://b:8080"]
     with pytest.raises(ValidationError, match="base URLs"):
         loopback_settings(fleet="a:8080")
+
+
+async def test_readiness_room_and_load_follow_an_engine_gone_after_start() -> None:
+    """An engine tier (Triton) gone after start: /readyz and /room answer 503 engine_unavailable with its reason
+    (the front then sends new peers elsewhere) and /load says not ready; all recover when it is back."""
+    detector = FakeDetector()
+    async with running_server(loopback_settings(), detector) as server, aiohttp.ClientSession() as http:
+        detector.problem = "Triton at 127.0.0.1:1 does not answer: connection refused"
+        for path in ("/readyz", "/room"):
+            async with http.get(f"{server.url}{path}") as resp:
+                body = await resp.json()
+                assert resp.status == 503 and resp.headers.get("Retry-After"), path
+                assert body == {"error": "engine_unavailable", "detail": detector.problem}, body
+        async with http.get(f"{server.url}/load") as resp:
+            assert (await resp.json())["ready"] is False
+        detector.problem = None
+        for path in ("/readyz", "/room"):
+            async with http.get(f"{server.url}{path}") as resp:
+                assert resp.status == 200, path
+        async with http.get(f"{server.url}/load") as resp:
+            assert (await resp.json())["ready"] is True

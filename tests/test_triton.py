@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -277,6 +278,9 @@ async def test_triton_killed_mid_stream_video_flows_errors_counted_and_it_recove
 
         frames_at_kill = len(peer.echoes)
         results_at_kill = len(peer.detections)
+        # Readiness follows Triton's model-ready API: the server says it cannot serve, and why.
+        down = await _wait_for_readyz(http, server.url, 503, limit_s=10)
+        assert down["error"] == "engine_unavailable" and "Triton at" in down["detail"], down
         await peer.wait_until(lambda: failures() >= 3, 20, "failures counted while Triton is down")
         # The video keeps flowing meanwhile, without new results.
         await peer.wait_for_frames(frames_at_kill + 60, limit_s=20)
@@ -287,7 +291,23 @@ async def test_triton_killed_mid_stream_video_flows_errors_counted_and_it_recove
                 lambda: any(m["detections"] for m in peer.detections[back:]), 60, "results after the restart"
             )
             assert await asyncio.to_thread(bare.infer, np.zeros((1, 3, 416, 416), np.float32))  # reconnected
+            assert (await _wait_for_readyz(http, server.url, 200, limit_s=10))["status"] == "ready"
         assert failures() >= 3
+
+
+async def _wait_for_readyz(
+    http: aiohttp.ClientSession, url: str, status: int, limit_s: float
+) -> dict[str, object]:
+    """The server's /readyz body once it answers `status` (readiness is cached for a second)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        async with http.get(f"{url}/readyz") as resp:
+            if resp.status == status:
+                body: dict[str, object] = await resp.json()
+                return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"/readyz did not answer {status} within {limit_s:g} s")
+        await asyncio.sleep(0.2)  # polling readiness until a deadline
 
 
 def test_make_triton_ports_do_not_collide_with_the_projects() -> None:

@@ -45,6 +45,8 @@ _DTYPES: dict[str, np.dtype[Any]] = {
     "INT64": np.dtype(np.int64),
 }
 READY_POLL_S = 0.25
+# Readiness probes (/readyz, /room) ask Triton's model-ready API at most this often, however many call.
+READY_CACHE_S = 1.0
 # gRPC statuses that mean "Triton is not there right now" rather than "this request is wrong".
 _UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 
@@ -123,6 +125,9 @@ class TritonEngine:
         self._outputs: list[_Tensor] = []
         self._slots: queue.Queue[_Slot] = queue.Queue()
         self._all_slots: list[_Slot] = []
+        self._ready_lock = threading.Lock()
+        self._ready_at = -float("inf")
+        self._ready_problem: str | None = None
 
     @classmethod
     def supported_precisions(
@@ -200,6 +205,31 @@ class TritonEngine:
                 last = str(e).splitlines()[0] if str(e) else type(e).__name__
             await asyncio.sleep(READY_POLL_S)
         raise InferenceError(f"Triton at {self.url} not ready within {self.load_timeout_s:g} s: {last}")
+
+    def serving_problem(self) -> str | None:
+        """Why the model cannot be served now (Triton down or restarting, the model unloaded), or None.
+
+        Triton can go away after start: the servers' readiness follows its model-ready API, so a balancer
+        stops sending work that would only fail. Answers from a cache at most READY_CACHE_S old."""
+        with self._ready_lock:
+            if time.monotonic() - self._ready_at < READY_CACHE_S:
+                return self._ready_problem
+            problem: str | None = None
+            if self._client is None:
+                problem = "the triton engine is not loaded"
+            else:
+                try:
+                    ready = self._run(
+                        self._client.is_model_ready(self.model_name, self.model_version),
+                        min(self.timeout_s, 2.0),
+                    )
+                    if not ready:
+                        problem = f"model {self.model_name!r} is not ready on Triton at {self.url}"
+                except Exception as e:  # InferenceError from _run, tritonclient's or gRPC's own errors
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    problem = f"Triton at {self.url} does not answer: {first}"
+            self._ready_at, self._ready_problem = time.monotonic(), problem
+            return problem
 
     async def _describe(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         metadata = await self._client.get_model_metadata(self.model_name, self.model_version, as_json=True)
