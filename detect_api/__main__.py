@@ -45,6 +45,10 @@ def main() -> int:
         port=settings.port,
         log_config=None,
         log_level=settings.log_level.lower(),
+        root_path=settings.root_path,
+        # X-Forwarded-For only from the configured fronts: per-client limits then see the browser's address.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=",".join(settings.trusted_proxies) or None,
         **uvicorn_options(settings),  # keep-alive, header deadline, connection cap (detect_api/limits.py)
     )
     return 0

@@ -39,7 +39,7 @@ class AuthMiddleware:
         if scope["type"] != "http":  # the lifespan
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path = route_path(scope)
         client: str | None = None
         if self.keys is not None and path not in self.open_paths:
             token = bearer_token(Headers(scope=scope).get("authorization"))
@@ -77,3 +77,13 @@ class AuthMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes see: uvicorn puts the root path (RTDETECT_ROOT_PATH, behind the front) in front
+    of `path`, so /api/detect is /detect here, as it is to the router."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :] or "/"
+    return path

@@ -17,6 +17,8 @@ class Settings(ServingSettings, ApiKeySettings):
     model_config = SettingsConfigDict(env_prefix="RTDETECT_", extra="ignore", frozen=True)
 
     retry_after_s: int = Field(default=1, ge=1)  # Retry-After on 503 when the queue is full
+    # The path prefix a front serves the API under (compose: /api): the docs pages then ask for prefixed URLs.
+    root_path: str = Field(default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$")
 
     # Untrusted input.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # the image file itself

@@ -9,11 +9,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from inference.engines.options import (
     OPTIONS,
@@ -26,6 +32,7 @@ from inference.engines.options import (
     validate_options,
 )
 from inference.paths import default_model_dir
+from inference.proxies import parse_networks
 
 LOG_LEVELS = frozenset({"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"})
 
@@ -99,6 +106,20 @@ class ServingSettings(BaseSettings):
     gpu_sample_interval_s: float = Field(default=2.0, ge=0.0)
     fps_window_s: float = Field(default=5.0, gt=0.0)
     log_level: str = "INFO"
+    # Reverse proxies (the HTTPS front) whose X-Forwarded-For names the client, for per-client limits
+    # (inference/proxies.py): addresses or CIDR networks. Empty: the header is never believed.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
 from inference.apikeys import ApiKeys, ApiKeySettings, bearer_token
+from inference.proxies import client_address, parse_networks
 from inference.ratelimit import RateLimiter, retry_after
 from inference.settings import split_list
 
@@ -171,6 +172,7 @@ def _peer_id(response: web.StreamResponse) -> str | None:
 def access_middleware(settings: Settings, peers: PeerRegistry, metrics: LiveMetrics) -> Any:
     """The aiohttp middleware; put it after the error middleware (its answers are complete responses)."""
     guard = AccessGuard(settings, peers, metrics)
+    proxies = parse_networks(settings.trusted_proxies)  # the front: its X-Forwarded-For names the client
 
     @web.middleware
     async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -196,7 +198,8 @@ def access_middleware(settings: Settings, peers: PeerRegistry, metrics: LiveMetr
                     {"WWW-Authenticate": REALM + ', error="invalid_token"'},
                 )
         if client is None:
-            client = f"ip:{request.remote or 'unknown'}"
+            address = client_address(request.remote, request.headers.get("X-Forwarded-For"), proxies)
+            client = f"ip:{address or 'unknown'}"
         if path == "/offer" and request.method == "POST":
             return await guard.offer(request, handler, client)
         if path in TURN_PATHS:

@@ -258,6 +258,14 @@ def test_front_serves_grafana_under_its_path_and_keeps_its_state(gpu_config: dic
     assert grafana["GF_SERVER_ROOT_URL"] == "https://localhost:443/grafana/"
     assert _env(front)["FRONT_SITE"] == "localhost" and _env(front)["FRONT_TLS"] == "auto"
 
+    # The API is served under the front's /api prefix and both servers believe only the compose network's
+    # X-Forwarded-For (their per-client limits then see the browser's address).
+    subnet = gpu_config["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert _env(services["backend"])["RTDETECT_ROOT_PATH"] == "/api"
+    assert "handle_path /api/*" in (REPO / "docker" / "Caddyfile").read_text()
+    assert _env(services["backend"])["RTDETECT_TRUSTED_PROXIES"] == subnet
+    assert _env(services["media-server"])["RTDETECT_MEDIA_TRUSTED_PROXIES"] == subnet
+
 
 def test_media_udp_ports_are_the_containers_ephemeral_range(gpu_config: dict[str, Any]) -> None:
     """aioice binds port 0: the sysctl makes those ports the published range (proved in a netns below)."""

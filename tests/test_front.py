@@ -88,11 +88,30 @@ def _answers(url: str, context: ssl.SSLContext) -> bool:
         return False
 
 
+CLIENT_BURST = 6  # requests a client address may make at once to /api/detect and /live/config
+
+
 @pytest.fixture(scope="module")
 def front(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     caddy = require_caddy()
     logs = tmp_path_factory.mktemp("front-logs")
-    with detect_api(model_dir, logs) as api_url, media_server(model_dir, logs) as media_url:
+    # As compose runs them behind the front: the API under /api, both believing the front's X-Forwarded-For;
+    # per-client limits low enough for a test to reach (each address has its own).
+    api_env = {
+        "RTDETECT_ROOT_PATH": "/api",
+        "RTDETECT_TRUSTED_PROXIES": LOOPBACK,
+        "RTDETECT_RATE_LIMIT_PER_S": "0.01",
+        "RTDETECT_RATE_LIMIT_BURST": str(CLIENT_BURST),
+    }
+    media_env = {
+        "RTDETECT_MEDIA_TRUSTED_PROXIES": LOOPBACK,
+        "RTDETECT_MEDIA_ICE_RATE_PER_MIN": "1",
+        "RTDETECT_MEDIA_ICE_RATE_BURST": str(CLIENT_BURST),
+    }
+    with (
+        detect_api(model_dir, logs, api_env) as api_url,
+        media_server(model_dir, logs, media_env) as media_url,
+    ):
         ui_env = {
             "RTDETECT_UI_DETECT_API_URL": api_url,
             "RTDETECT_UI_MEDIA_SERVER_URL": media_url,
@@ -155,6 +174,14 @@ async def test_detect_api_through_the_front_with_the_trusted_internal_ca(
             body = await resp.json()
         assert "person" in {d["label"] for d in body["detections"]}
 
+        # The API's docs through the front: the page asks for the prefixed schema and assets, which load.
+        async with http.get(f"{front.url}/api/docs") as resp:
+            page = await resp.text()
+            assert resp.status == 200 and "'/api/openapi.json'" in page, page[:2000]
+            assert "/api/docs-assets/swagger-ui-bundle.js" in page
+        for path in ("/api/openapi.json", "/api/docs-assets/swagger-ui-bundle.js"):
+            async with http.get(front.url + path) as resp:
+                assert resp.status == 200, path
         # Metrics stay inside the compose network.
         for path in ("/api/metrics", "/live/metrics"):
             async with http.get(front.url + path) as resp:
@@ -326,3 +353,24 @@ def test_caddyfile_is_valid_and_formatted(tmp_path: Path) -> None:
         [caddy, "fmt", str(CADDYFILE)], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert formatted == CADDYFILE.read_text()
+
+
+async def test_per_client_limits_behind_the_front_count_each_browser_address(front: Front) -> None:
+    """Behind the front both servers key their per-client limits on the browser's address (trusted_proxies:
+    the front's X-Forwarded-For), not the front's; a client's own X-Forwarded-For buys it no fresh bucket."""
+
+    async def status(local: str, method: str, url: str, headers: dict[str, str] | None = None) -> int:
+        connector = aiohttp.TCPConnector(ssl=front.ssl_context(), local_addr=(local, 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.request(method, url, headers=headers) as resp,
+        ):
+            return resp.status
+
+    for method, url in (("POST", f"{front.url}/api/detect"), ("GET", f"{front.url}/live/config")):
+        spoofing = [
+            await status("127.0.0.2", method, url, {"X-Forwarded-For": f"10.9.9.{i}"})
+            for i in range(CLIENT_BURST + 1)
+        ]
+        assert 429 not in spoofing[:CLIENT_BURST] and spoofing[-1] == 429, (url, spoofing)
+        assert await status("127.0.0.3", method, url) != 429, url  # another address: a bucket of its own

@@ -38,7 +38,7 @@ def server_process(
 
 
 @contextmanager
-def media_server(model_dir: Path, log_dir: Path) -> Iterator[str]:
+def media_server(model_dir: Path, log_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
     """The real media server with the real model, ICE host candidates on loopback; yields its URL."""
     port = free_port()
     env = {
@@ -47,6 +47,7 @@ def media_server(model_dir: Path, log_dir: Path) -> Iterator[str]:
         "RTDETECT_MEDIA_MODEL_DIR": str(model_dir),
         "RTDETECT_MEDIA_ICE_HOST_ADDRESSES": LOOPBACK,
         "RTDETECT_MEDIA_ICE_SERVERS": "[]",
+        **(extra_env or {}),
     }
     url = f"http://{LOOPBACK}:{port}"
     argv = [sys.executable, "-c", MEDIA_SERVER_LAUNCHER]
@@ -55,7 +56,7 @@ def media_server(model_dir: Path, log_dir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def detect_api(model_dir: Path, log_dir: Path) -> Iterator[str]:
+def detect_api(model_dir: Path, log_dir: Path, extra_env: Mapping[str, str] | None = None) -> Iterator[str]:
     """The real detect API (`python -m detect_api`, as `make run` starts it) with the real model."""
     port = free_port()
     env = {
@@ -63,6 +64,7 @@ def detect_api(model_dir: Path, log_dir: Path) -> Iterator[str]:
         "RTDETECT_PORT": str(port),
         "RTDETECT_MODEL_DIR": str(model_dir),
         "RTDETECT_GPU_SAMPLE_INTERVAL_S": "0",
+        **(extra_env or {}),
     }
     url = f"http://{LOOPBACK}:{port}"
     with server_process("detect_api", [sys.executable, "-m", "detect_api"], env, f"{url}/readyz", log_dir):
