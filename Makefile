@@ -21,12 +21,13 @@ export MALLOC_ARENA_MAX ?= 2
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup apt venv model run test lint pytest bench clean triton triton-install
+.PHONY: help setup apt venv model run test lint pytest bench report clean triton triton-install
 
 help:
 	@echo "make run    set up and run the detect API (:8000), media server (:8080) and UI (:8501)"
 	@echo "make test   set up and run ruff, mypy and the whole test suite"
 	@echo "make bench  run the benchmarks and rewrite docs/benchmarks.md"
+	@echo "make report regenerate every picture of docs/report.md into docs/img/report (about 2 minutes)"
 	@echo "make triton run tritonserver (python backend, CPU) for RTDETECT_BACKEND=triton on :$(TRITON_GRPC_PORT)"
 
 setup: apt venv model triton-install
@@ -107,6 +108,11 @@ bench: setup
 	$(BIN)/python -m tools.bench --peers 1 --seconds 60 --fps 30 --engine-delay-ms 50
 	$(BIN)/python -m tools.live_bench
 	$(BIN)/python -m tools.grpc_bench --model-dir $(MODEL_DIR)
+
+# The report's pictures: the system started on loopback (in a network namespace when root) with the real
+# model, a real Prometheus, Chromium and a real clip; the speed chart from docs/benchmarks.md.
+report: setup
+	$(BIN)/python scripts/report.py
 
 clean:
 	rm -rf $(VENV) .make .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the server and browser helpers live in tests/
@@ -55,6 +56,26 @@ def jpeg(image_rgb: object, path: Path) -> Path:
     return path
 
 
+def upload_page(page: Any, ui_url: str, photos: list[Path], height: int = 1900) -> bytes:
+    """The Streamlit upload page (a Playwright page) after the detect API answered for every photo: a PNG
+    `height` pixels tall (Streamlit scrolls inside its main block, not the page: a tall viewport shows all)."""
+    from playwright.sync_api import expect
+
+    width = page.viewport_size["width"]
+    page.goto(ui_url)  # the default page lives at the root
+    page.locator('input[type="file"]').set_input_files([str(p) for p in photos])
+    expect(page.locator('[data-testid="stImage"]')).to_have_count(len(photos), timeout=60_000)
+    expect(page.get_by_text("Backend timings:")).to_have_count(len(photos), timeout=30_000)
+    page.wait_for_load_state("networkidle")
+    previous = page.viewport_size
+    page.set_viewport_size({"width": width, "height": height})
+    try:
+        png: bytes = page.screenshot()
+    finally:
+        page.set_viewport_size(previous)
+    return png
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -87,15 +108,7 @@ def main() -> int:
             browser = pw.chromium.launch(**chromium_launch_options(fake_camera=clip))
             try:
                 page = browser.new_page(viewport=VIEWPORT)
-                page.goto(ui_url)  # the default page lives at the root
-                page.locator('input[type="file"]').set_input_files([str(p) for p in photos])
-                expect(page.locator('[data-testid="stImage"]')).to_have_count(2, timeout=60_000)
-                expect(page.get_by_text("Backend timings:")).to_have_count(2, timeout=30_000)
-                page.wait_for_load_state("networkidle")
-                # Streamlit scrolls inside its main block, not the page: a tall viewport shows both photos.
-                page.set_viewport_size({"width": VIEWPORT["width"], "height": 1900})
-                page.screenshot(path=str(args.out / "upload.png"))
-                page.set_viewport_size(VIEWPORT)
+                (args.out / "upload.png").write_bytes(upload_page(page, ui_url, photos))
                 print(f"wrote {args.out / 'upload.png'}")
 
                 page.goto(f"{ui_url}/live")
