@@ -360,6 +360,9 @@ def render_speed(data: SpeedData, path: Path, source: str) -> Path:
     ax = axes[0]
     ax.barh(ys, [e.p50_ms for e in data.engines], color=colors)
     ax.set_xscale("log")
+    # Plain numbers: the log axis's default labels are TeX, which parse_math=False would print raw.
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
     ax.set_yticks(ys, names, fontsize=8)
     ax.set_title("engine latency, batch 1 (lower is better)", fontsize=9, loc="left")
     ax.set_xlabel("p50 ms, log scale", fontsize=8)
