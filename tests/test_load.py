@@ -3,7 +3,6 @@ real model, the stop at the first level that misses the bar, the plot, and a /de
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from tools.load import (
     render_live,
     write_section,
 )
+from tools.servers import cpu_seconds
 
 
 def test_panning_bases_move_the_photo(photos: dict[str, np.ndarray]) -> None:
@@ -91,7 +91,7 @@ def test_main_thread_seconds_counts_the_main_thread_only() -> None:
         proc = subprocess.Popen([sys.executable, "-c", program], stdin=subprocess.PIPE)
         try:
             # Until the spin is over: the process's CPU time (all threads) passes 0.6 s.
-            while process_seconds(proc.pid) < 0.6:
+            while cpu_seconds(proc.pid) < 0.6:
                 time.sleep(0.05)  # polling a child's CPU time until it has spun
             seconds[name] = main_thread_seconds([proc.pid])[proc.pid]
         finally:
@@ -100,8 +100,3 @@ def test_main_thread_seconds_counts_the_main_thread_only() -> None:
             proc.wait(timeout=10)
     assert seconds["main"] >= 0.5, seconds
     assert seconds["worker"] < 0.3, seconds
-
-
-def process_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -41,7 +41,7 @@ import numpy as np
 
 from inference.paths import default_model_dir
 from rtc.ice import HostAddressOverride
-from tools.servers import LOOPBACK, ServerProcess, free_port, server_process
+from tools.servers import LOOPBACK, ServerProcess, cpu_seconds, free_port, server_process
 from tools.synthetic import SyntheticPeer
 
 SECTION = "tools.bench"
@@ -118,11 +118,6 @@ def peer_result(peer: SyntheticPeer, start: float, end: float) -> PeerResult:
     )
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 def _rss_mb(pid: int) -> float:
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
@@ -181,7 +176,7 @@ async def run_once(
                 await asyncio.gather(*(c.connect(http) for c in clients))
             await asyncio.gather(*(c.wait_for_frames(1, limit_s=30) for c in clients))
             await asyncio.sleep(WARMUP_S)
-            cpu0, client0, start = _cpu_seconds(proc.pid), time.process_time(), time.monotonic()
+            cpu0, client0, start = cpu_seconds(proc.pid), time.process_time(), time.monotonic()
             next_report = start + 30
             loads: list[float] = []
             while (now := time.monotonic()) < start + seconds:
@@ -194,7 +189,7 @@ async def run_once(
                         f"  {pipeline}: {time.monotonic() - start:.0f} s, recent RTT p50 {np.median(recent) * 1e3:.0f} ms"
                     )
             end = time.monotonic()
-            cpu1, client1 = _cpu_seconds(proc.pid), time.process_time()
+            cpu1, client1 = cpu_seconds(proc.pid), time.process_time()
             rss = _rss_mb(proc.pid)
         finally:
             await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)

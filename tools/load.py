@@ -46,6 +46,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference.gate import cpu_identity
+from tools.servers import cpu_seconds
 from tools.synthetic import NumberedTrack, SyntheticPeer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,14 +125,11 @@ async def scrape(http: aiohttp.ClientSession, url: str, headers: dict[str, str])
 
 
 def main_thread_seconds(pids: Sequence[int]) -> dict[int, float]:
-    """CPU seconds (user + system) of each process's main thread (tid = pid), from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """CPU seconds of each process's main thread (tid = pid); processes gone meanwhile are left out."""
     seconds = {}
     for pid in pids:
         with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-            fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-            seconds[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
+            seconds[pid] = cpu_seconds(pid, pid)
     return seconds
 
 
