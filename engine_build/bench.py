@@ -71,21 +71,25 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def write_section(path: Path, key: str, body: str) -> None:
-    """Replace this script's section of the shared benchmarks page, keeping everyone else's."""
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    block = f"{start}\n{body.rstrip()}\n{end}"
-    text = (
-        path.read_text()
-        if path.exists()
-        else "# Benchmarks\n\nEach section is written by the script it names.\n"
-    )
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+def write_page_section(path: Path, begin: str, end: str, body: str, heading: str = "# Benchmarks\n") -> None:
+    """Put `begin`, `body`, `end` into the markdown page at `path` in place of what stood between those
+    markers, or append it; everything else on the page is kept. The benchmark and load tools share pages."""
+    block = f"{begin}\n{body}\n{end}"
+    text = path.read_text() if path.exists() else heading
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
     else:
-        text = text.rstrip() + "\n\n" + block + "\n"
+        text = text.rstrip("\n") + f"\n\n{block}\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def write_section(path: Path, key: str, body: str) -> None:
+    """Replace this script's section of the shared benchmarks page, keeping everyone else's."""
+    write_page_section(
+        path, f"<!-- {key}:start -->", f"<!-- {key}:end -->", body.rstrip(),
+        "# Benchmarks\n\nEach section is written by the script it names.\n",
+    )  # fmt: skip
 
 
 def _progress(msg: str) -> None:

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine_build.bench import write_page_section
 from inference.gate import cpu_identity
 from tools.servers import cpu_seconds
 from tools.synthetic import NumberedTrack, SyntheticPeer
@@ -499,15 +500,7 @@ def machine_description() -> str:
 
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace this tool's section `name` in the shared page (appended when missing)."""
-    begin, end = f"<!-- tools.load:{name}:start -->", f"<!-- tools.load:{name}:end -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    path.write_text(text)
+    write_page_section(path, f"<!-- tools.load:{name}:start -->", f"<!-- tools.load:{name}:end -->", body)
 
 
 def _photo() -> np.ndarray:

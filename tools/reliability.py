@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from engine_build.bench import write_page_section
 from inference.gate import cpu_identity
 from inference.paths import default_model_dir
 from rtc.ice import HostAddressOverride
@@ -550,14 +551,7 @@ def machine_description() -> str:
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace the section between this tool's markers for `name` (appended when missing)."""
     begin, end = f"<!-- tools.reliability:{name}:begin -->", f"<!-- tools.reliability:{name}:end -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = path.read_text() if path.exists() else "# Reliability\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    path.write_text(text)
+    write_page_section(path, begin, end, body, "# Reliability\n")
 
 
 def _auth(api_key: str | None) -> dict[str, str]:
