@@ -10,13 +10,17 @@ a new track needs two hits before it gets an id; a lost track is kept `max_lost_
 
 The state is (cx, cy, w, h) and their velocities in pixels per second; the noise scales with the box
 height as in ByteTrack (per-frame weights, taken at 30 fps). Each track runs two such filters: ByteTrack's
-for association, a more responsive one for the boxes drawn and sent. Pure numpy + scipy, no WebRTC: the media
-server runs one `Tracker` per peer in its worker thread and reads the immutable snapshots it returns.
+for association, and for the boxes drawn and sent a more responsive one that also estimates an acceleration
+(decaying, Singer's model): on a slow engine a box is drawn on frames 50-150 ms newer than its result's.
+Pure numpy + scipy, no WebRTC: the media server runs one `Tracker` per peer in its worker thread and reads
+the immutable snapshots it returns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,17 +47,46 @@ class TrackerConfig:
     # ByteTrack's weights, for association.
     position_noise: float = 1.0 / 20.0
     velocity_noise: float = 1.0 / 160.0
-    # The drawn boxes' velocity: 16x ByteTrack's, so it follows a walking person's turns within a few
-    # results (docs/benchmarks.md: box centre error at 380 px/s; with 1/160 the p90 triples).
-    display_velocity_noise: float = 1.0 / 10.0
+    # The drawn boxes' filter: constant acceleration, the acceleration decaying with `acceleration_decay_s`
+    # (Singer's model), so a reversal or a long extrapolation does not overshoot. A result is 50-150 ms old
+    # when its box is drawn (its frame's pts to the drawn frame's), and with a constant velocity a turning
+    # person is missed by a*dt^2/2 plus the velocity's own lag (docs/benchmarks.md: centre error with the
+    # engine slowed). Tuned on the smooth and bounce scenes of tools/scenes.py. None for the acceleration:
+    # constant velocity (`constant_velocity`, the earlier model).
+    display_position_noise: float = 1.0 / 30.0
+    display_velocity_noise: float = 1.0 / 20.0
+    display_acceleration_noise: float | None = 1.0 / 100.0
+    acceleration_decay_s: float = 0.3
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_threshold <= self.high_threshold <= 1.0:
             raise ValueError("expected 0 <= low_threshold <= high_threshold <= 1")
         if self.min_hits < 1 or self.max_lost_s <= 0 or self.max_predict_s < 0:
             raise ValueError("min_hits >= 1, max_lost_s > 0 and max_predict_s >= 0 expected")
-        if min(self.position_noise, self.velocity_noise, self.display_velocity_noise) <= 0:
+        if (
+            min(
+                self.position_noise,
+                self.velocity_noise,
+                self.display_position_noise,
+                self.display_velocity_noise,
+            )
+            <= 0
+        ):
             raise ValueError("noise weights must be > 0")
+        if self.display_acceleration_noise is not None and self.display_acceleration_noise <= 0:
+            raise ValueError("display_acceleration_noise must be > 0 (None: constant velocity)")
+        if self.acceleration_decay_s <= 0:
+            raise ValueError("acceleration_decay_s must be > 0")
+
+
+def constant_velocity(config: TrackerConfig) -> TrackerConfig:
+    """`config` with the earlier display filter: constant velocity, 16x ByteTrack's velocity noise."""
+    return dataclasses.replace(
+        config,
+        display_position_noise=1.0 / 20.0,
+        display_velocity_noise=1.0 / 10.0,
+        display_acceleration_noise=None,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +101,8 @@ class TrackSnapshot:
     time: float  # seconds, the time of the frame of the last update
     matched: bool  # updated by the latest result (False: coasting, lost)
     max_predict_s: float
+    acceleration: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # px/s^2 (cx, cy, w, h)
+    acceleration_decay_s: float = 0.3
 
     @property
     def box(self) -> Box:
@@ -78,10 +113,12 @@ class TrackSnapshot:
         return self.mean[4], self.mean[5]
 
     def box_at(self, t: float) -> Box:
-        """The box moved to time `t` (seconds, the same clock as the updates) at the track's velocity."""
+        """The box moved to time `t` (seconds, the same clock as the updates: the pts of the frame drawn)
+        from the time of the frame it was detected in, with the track's velocity and decaying acceleration."""
         dt = min(max(t - self.time, -self.max_predict_s), self.max_predict_s)
-        m = self.mean
-        return _to_box((m[0] + m[4] * dt, m[1] + m[5] * dt, m[2] + m[6] * dt, m[3] + m[7] * dt))
+        m, a = self.mean, self.acceleration
+        k = _acceleration_gain(abs(dt), self.acceleration_decay_s)
+        return _to_box([m[i] + m[i + 4] * dt + a[i] * k for i in range(4)])
 
     def detection(self, box: Box | None = None) -> Detection:
         return Detection(self.class_id, self.label, self.score, box or self.box, self.track_id)
@@ -98,34 +135,68 @@ def _measure(box: Box) -> np.ndarray:
     return np.array([(x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, _MIN_SIDE), max(y2 - y1, _MIN_SIDE)])
 
 
-_H = np.eye(4, 8)
+def _acceleration_gain(dt: float, decay_s: float) -> float:
+    """How far an acceleration of 1 px/s^2 decaying with time constant `decay_s` moves a box in `dt` s
+    (Singer's model): dt^2/2 while dt << decay_s, then only linear in dt, so an extrapolation far from the
+    last result (a reversal, a lost track) does not run away quadratically."""
+    x = dt / decay_s
+    return decay_s * decay_s * (x - 1.0 + math.exp(-x)) if x > 1e-6 else dt * dt / 2
 
 
 class _Kalman:
-    """Constant velocity on (cx, cy, w, h), noise scaled by the box height (ByteTrack's model, in time)."""
+    """Constant velocity on (cx, cy, w, h), noise scaled by the box height (ByteTrack's model, in time);
+    with `acceleration_noise`, a third block of states, an acceleration decaying with `decay_s` (Singer)."""
 
-    def __init__(self, z: np.ndarray, position_noise: float, velocity_noise: float) -> None:
-        self._pos, self._vel = position_noise, velocity_noise
-        self.mean = np.concatenate([z, np.zeros(4)])
+    def __init__(
+        self,
+        z: np.ndarray,
+        position_noise: float,
+        velocity_noise: float,
+        acceleration_noise: float | None = None,
+        decay_s: float = 0.3,
+    ) -> None:
+        self._pos, self._vel, self._acc = position_noise, velocity_noise, acceleration_noise
+        self.decay_s = decay_s
+        self._blocks = 2 if acceleration_noise is None else 3
+        n = 4 * self._blocks
+        self._h = np.eye(4, n)
+        self.mean = np.concatenate([z, np.zeros(n - 4)])
         h = z[3]
-        std = np.array([2 * self._pos * h] * 4 + [10 * self._vel * h * _FPS] * 4)
+        std = [2 * self._pos * h] * 4 + [10 * self._vel * h * _FPS] * 4
+        if acceleration_noise is not None:
+            std += [10 * acceleration_noise * h * _FPS * _FPS] * 4
         self.cov = np.diag(np.square(std))
 
+    @property
+    def acceleration(self) -> tuple[float, float, float, float]:
+        if self._blocks == 2:
+            return (0.0, 0.0, 0.0, 0.0)
+        a = self.mean[8:12]
+        return (float(a[0]), float(a[1]), float(a[2]), float(a[3]))
+
     def predict(self, dt: float) -> None:
-        f = np.eye(8)
-        f[:4, 4:] = np.eye(4) * dt
+        n = 4 * self._blocks
+        f = np.eye(n)
+        f[:4, 4:8] = np.eye(4) * dt
         h = self.mean[3]
         frames = dt * _FPS  # the per-frame noise, once per frame interval elapsed
-        q = np.square([self._pos * h] * 4 + [self._vel * h * _FPS] * 4) * frames
+        weights = [self._pos * h] * 4 + [self._vel * h * _FPS] * 4
+        if self._acc is not None:
+            decay = math.exp(-dt / self.decay_s)
+            f[:4, 8:] = np.eye(4) * _acceleration_gain(dt, self.decay_s)
+            f[4:8, 8:] = np.eye(4) * self.decay_s * (1.0 - decay)
+            f[8:, 8:] = np.eye(4) * decay
+            weights += [self._acc * h * _FPS * _FPS] * 4
         self.mean = f @ self.mean
-        self.cov = f @ self.cov @ f.T + np.diag(q)
+        self.cov = f @ self.cov @ f.T + np.diag(np.square(weights) * frames)
 
     def update(self, z: np.ndarray) -> None:
+        hm = self._h
         r = np.diag(np.square([self._pos * self.mean[3]] * 4))
-        s = _H @ self.cov @ _H.T + r
-        gain = np.linalg.solve(s, (self.cov @ _H.T).T).T
-        self.mean = self.mean + gain @ (z - _H @ self.mean)
-        self.cov = (np.eye(8) - gain @ _H) @ self.cov
+        s = hm @ self.cov @ hm.T + r
+        gain = np.linalg.solve(s, (self.cov @ hm.T).T).T
+        self.mean = self.mean + gain @ (z - hm @ self.mean)
+        self.cov = (np.eye(len(self.mean)) - gain @ hm) @ self.cov
 
 
 class _Track:
@@ -136,7 +207,13 @@ class _Track:
     def __init__(self, detection: Detection, t: float, config: TrackerConfig) -> None:
         z = _measure(detection.box)
         self.filter = _Kalman(z, config.position_noise, config.velocity_noise)
-        self.display = _Kalman(z, config.position_noise, config.display_velocity_noise)
+        self.display = _Kalman(
+            z,
+            config.display_position_noise,
+            config.display_velocity_noise,
+            config.display_acceleration_noise,
+            config.acceleration_decay_s,
+        )
         self.time = t
         self.class_id, self.label, self.score = detection.class_id, detection.label, detection.score
         self.hits = 1
@@ -172,10 +249,12 @@ class _Track:
             self.class_id,
             self.label,
             self.score,
-            tuple(float(v) for v in self.display.mean),
+            tuple(float(v) for v in self.display.mean[:8]),
             self.time,
             self.matched,
             max_predict_s,
+            self.display.acceleration,
+            self.display.decay_s,
         )
 
 

@@ -89,6 +89,7 @@ def live_options(settings: Settings) -> LiveOptions:
         low_threshold=settings.track_low_threshold,
         max_lost_s=settings.track_max_lost_s,
         geometry=Geometry.of(settings.zones, settings.lines),
+        acceleration=settings.predict_acceleration,
     )
 
 

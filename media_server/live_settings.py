@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
-from inference.tracking import TrackerConfig
+from inference.tracking import TrackerConfig, constant_velocity
 from inference.zones import LineSpec, ZoneSpec
 
 
@@ -18,6 +18,9 @@ class LiveTrackingSettings(BaseSettings):
     tracking: bool = True
     # Each track's box moved to every outgoing frame's time (needs tracking); off: boxes where detected.
     predict_boxes: bool = True
+    # Predicted with each track's (decaying) acceleration; off: constant velocity, the earlier model, which
+    # misses a turning person by tens of pixels on a slow engine (docs/benchmarks.md).
+    predict_acceleration: bool = True
     # ByteTrack's second association: detections this score or more (below the peer's threshold) keep a
     # track alive through an occlusion; they are neither drawn nor sent.
     track_low_threshold: float = Field(default=0.1, ge=0.0, le=1.0)
@@ -47,8 +50,9 @@ class LiveTrackingSettings(BaseSettings):
         return self
 
     def tracker_config(self, score_threshold: float) -> TrackerConfig:
-        return TrackerConfig(
+        config = TrackerConfig(
             high_threshold=score_threshold,
             low_threshold=min(self.track_low_threshold, score_threshold),
             max_lost_s=self.track_max_lost_s,
         )
+        return config if self.predict_acceleration else constant_velocity(config)

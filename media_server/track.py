@@ -32,7 +32,7 @@ from av import VideoFrame
 from inference.errors import InferenceError, OverloadedError
 from inference.pipeline import Prepared, RawOutput
 from inference.ratelog import RateLimitedLog
-from inference.tracking import Tracker, TrackerConfig, TrackSnapshot
+from inference.tracking import Tracker, TrackerConfig, TrackSnapshot, constant_velocity
 from inference.types import Box, DetectionResult, DetectParams
 from inference.zones import Geometry, ZoneEvent, ZoneMonitor
 from media_server.detector import DetectorLike
@@ -84,13 +84,15 @@ class LiveOptions:
     low_threshold: float = 0.1
     max_lost_s: float = 1.0
     geometry: Geometry = dataclasses.field(default_factory=Geometry)
+    acceleration: bool = True  # predicted with the tracks' acceleration; off: constant velocity
 
     def tracker_config(self, score_threshold: float) -> TrackerConfig:
-        return TrackerConfig(
+        config = TrackerConfig(
             high_threshold=score_threshold,
             low_threshold=min(self.low_threshold, score_threshold),
             max_lost_s=self.max_lost_s,
         )
+        return config if self.acceleration else constant_velocity(config)
 
 
 @runtime_checkable
