@@ -8,7 +8,9 @@
    timing every numbered frame; drift is the last tenth of the run against the first.
 2. Displayed-box centre error: a real photo of a person moving across the frame at about 380 px/s mean
    (`tools/scenes.py`: a smooth back-and-forth, and a constant-speed bounce), through an in-process media
-   server, with box prediction on and off. For every outgoing frame the box drawn on it (the pipeline's
+   server, with box prediction (constant acceleration, the default; constant velocity, the earlier model)
+   and without, the engine at its own speed and slowed (`--error-delays-ms`, tools/slow_engine.py as in
+   tools.bench: results older when drawn). For every outgoing frame the box drawn on it (the pipeline's
    `on_drawn` seam) is compared with where the person is in that very frame (ground truth from the frame
    number stamped in it).
 3. Id switches: two people crossing (`tools/scenes.py`), for `--ids-seconds`: each result's ids on the true
@@ -42,6 +44,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from inference.gate import PRECISION_FLAGS, cpu_identity
 from inference.paths import default_model_dir
 from inference.tracking import iou_matrix
 from inference.types import Box
@@ -49,9 +52,10 @@ from media_server.app import STATE, create_app
 from media_server.frames import i420_array
 from media_server.http_limits import start_http
 from media_server.settings import Settings
-from media_server.track import InFrame, LivePipeline, LiveResult
+from media_server.track import InFrame, LivePipeline, LiveResult, frame_time
 from rtc.ice import HostAddressOverride
 from tools.bench import machine_description, media_server, peer_result
+from tools.bench_server import slow_wrapper
 from tools.scenes import Scene, SceneTrack, moving_person, two_crossing
 from tools.servers import LOOPBACK, free_port, server_process
 from tools.synthetic import SyntheticPeer, read_number
@@ -143,9 +147,11 @@ async def round_trips(codecs: Sequence[str], seconds: float, model_dir: Path, lo
 
 
 @contextlib.asynccontextmanager
-async def in_process(settings: Settings, scene: Scene) -> AsyncIterator[tuple[LivePipeline, SceneTrack, Any]]:
+async def in_process(
+    settings: Settings, scene: Scene, engine_delay_ms: float = 0.0
+) -> AsyncIterator[tuple[LivePipeline, SceneTrack, Any]]:
     """The media server in this process, one synthetic peer streaming `scene`; its pipeline and track."""
-    app = create_app(settings)
+    app = create_app(settings, wrap_engine=slow_wrapper(engine_delay_ms))
     http = await start_http(app, settings, host=LOOPBACK, port=0)
     url = f"http://{LOOPBACK}:{http.port}"
     client = SyntheticPeer(url, np.zeros((scene.height, scene.width, 3), np.uint8), fps=FPS)
@@ -184,10 +190,16 @@ def _centre(box: Box) -> tuple[float, float]:
     return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
 
 
+PREDICTIONS = {"acceleration": "constant acceleration", "velocity": "constant velocity", "off": "off"}
+
+
 @dataclass
 class ErrorRow:
     motion: str
-    prediction: bool
+    prediction: str  # a PREDICTIONS key
+    engine_delay_ms: float
+    age_p50: float  # ms from the result's frame to the frame it is drawn on (pts)
+    age_p90: float
     frames: int
     with_box_pct: float
     p50: float
@@ -202,16 +214,17 @@ def _motion(name: str) -> Scene:
     return moving_person(SPEED, smooth=name == "smooth")
 
 
-async def centre_error(motion: str, predict: bool, seconds: float, model_dir: Path) -> ErrorRow:
+async def centre_error(
+    motion: str, prediction: str, seconds: float, model_dir: Path, engine_delay_ms: float = 0.0
+) -> ErrorRow:
     errors: list[float] = []
+    ages: list[float] = []
     frames = with_box = 0
     recording = False
-
-    async with in_process(_settings(model_dir, predict_boxes=predict), _motion(motion)) as (
-        pipeline,
-        track,
-        state,
-    ):
+    settings = _settings(
+        model_dir, predict_boxes=prediction != "off", predict_acceleration=prediction == "acceleration"
+    )
+    async with in_process(settings, _motion(motion), engine_delay_ms) as (pipeline, track, state):
         own_calls = batcher_calls = 0
         submit = state.executor.submit
 
@@ -248,6 +261,8 @@ async def centre_error(motion: str, predict: bool, seconds: float, model_dir: Pa
             if ious[best] < 0.3:
                 return
             with_box += 1
+            if live is not None and live.tracks:
+                ages.append(1e3 * (frame_time(item) - live.tracks[0].time))
             (gx, gy), (bx, by) = _centre(truth), _centre(boxes[best])
             errors.append(math.hypot(bx - gx, by - gy))
 
@@ -261,9 +276,13 @@ async def centre_error(motion: str, predict: bool, seconds: float, model_dir: Pa
         elapsed = time.monotonic() - started
         inferred = max(1, pipeline.frames_inferred - inferred0)
     e = np.array(errors) if errors else np.array([float("nan")])
+    a = np.array(ages) if ages else np.array([float("nan")])
     row = ErrorRow(
         motion,
-        predict,
+        prediction,
+        engine_delay_ms,
+        float(np.percentile(a, 50)),
+        float(np.percentile(a, 90)),
         frames,
         100.0 * with_box / max(frames, 1),
         float(np.percentile(e, 50)),
@@ -274,7 +293,8 @@ async def centre_error(motion: str, predict: bool, seconds: float, model_dir: Pa
         inferred / elapsed,
     )
     log(
-        f"{motion} prediction {'on' if predict else 'off'}: centre error p50 {row.p50:.1f} p90 {row.p90:.1f} px"
+        f"{motion}, engine +{engine_delay_ms:g} ms, prediction {PREDICTIONS[prediction]}: centre error "
+        f"p50 {row.p50:.1f} p90 {row.p90:.1f} px ({row.results_per_s:.1f} results/s)"
     )
     return row
 
@@ -371,15 +391,22 @@ def render(
     if errors:
         out += [
             f"Displayed-box centre error, a real photo of a person moving at {SPEED:.0f} px/s mean across "
-            "640x480 (smooth: a sine back and forth, peak 597 px/s; bounce: constant speed, reversing at the "
-            "edges), on every outgoing frame with a box on the person:",
+            "640x480 (smooth: a sine back and forth, period 2.4 s, peak 597 px/s, peak acceleration 1540 "
+            "px/s^2; bounce: constant speed, reversing at the edges), on every outgoing frame with a box on the "
+            "person. Engine delay: an artificial sleep added to every engine call (tools/slow_engine.py, as in "
+            "tools.bench), so results are older when drawn; result age: from the pts of the result's frame to "
+            "the pts of the frame its box is drawn on (the prediction's horizon). Prediction: each track's box "
+            "moved to the drawn frame's pts with a constant acceleration decaying in 0.3 s (the default), a "
+            "constant velocity (the earlier model, `RTDETECT_MEDIA_PREDICT_ACCELERATION=false`), or not at all:",
             "",
-            "| motion | prediction | frames | with a box | centre error p50 | p90 | p99 | results/s |",
-            "|---|---|---|---|---|---|---|---|",
+            "| motion | engine delay | prediction | frames | with a box | result age p50 | p90 "
+            "| centre error p50 | p90 | p99 | results/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in errors:
             out.append(
-                f"| {e.motion} | {'on' if e.prediction else 'off'} | {e.frames} | {e.with_box_pct:.0f} % | "
+                f"| {e.motion} | +{e.engine_delay_ms:g} ms | {PREDICTIONS[e.prediction]} | {e.frames} | "
+                f"{e.with_box_pct:.0f} % | {e.age_p50:.0f} ms | {e.age_p90:.0f} ms | "
                 f"{e.p50:.1f} px | {e.p90:.1f} px | {e.p99:.1f} px | {e.results_per_s:.1f} |"
             )
         own = np.mean([e.hops_own for e in errors])
@@ -417,6 +444,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rtt-seconds", type=float, default=300.0, help="per server and codec; 0 skips")
     parser.add_argument("--codecs", nargs="+", default=["VP8", "H264"], choices=["VP8", "H264"])
     parser.add_argument("--error-seconds", type=float, default=30.0, help="per motion and setting; 0 skips")
+    parser.add_argument(
+        "--error-delays-ms",
+        type=float,
+        nargs="+",
+        default=[0.0, 40.0, 80.0],
+        help="box error runs with each artificial engine delay (ms per engine call)",
+    )
+    parser.add_argument(
+        "--error-motions", nargs="+", default=["smooth", "bounce"], choices=["smooth", "bounce"]
+    )
     parser.add_argument("--ids-seconds", type=float, default=60.0, help="0 skips")
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
@@ -443,14 +480,24 @@ async def _run_all(args: argparse.Namespace, model_dir: Path) -> str:
     # would change the synthetic client's receiver too.
     errors = []
     if args.error_seconds > 0:
-        for motion in ("smooth", "bounce"):
-            for predict in (True, False):
-                errors.append(await centre_error(motion, predict, args.error_seconds, model_dir))
+        for delay in args.error_delays_ms:
+            for motion in args.error_motions:
+                # Without prediction only at the engine's own speed: the boxes simply lag further when slowed.
+                for prediction in PREDICTIONS if delay == 0 else ("acceleration", "velocity"):
+                    errors.append(
+                        await centre_error(motion, prediction, args.error_seconds, model_dir, delay)
+                    )
     ids = await id_switches(args.ids_seconds, model_dir) if args.ids_seconds > 0 else None
     load = (
         f"Load average over the run: {os.getloadavg()[0]:.1f} (1 min, at the end), {datetime.date.today()}."
     )
-    return render(rtt, errors, ids, machine_description(), f"{load} {args.note}".strip())
+    return render(rtt, errors, ids, machine_line(), f"{load} {args.note}".strip())
+
+
+def machine_line() -> str:
+    """tools.bench's machine description with the CPU's precision-relevant flags (inference.gate's)."""
+    _, flags = cpu_identity()
+    return f"{machine_description()}, CPU flags: {' '.join(flags) or 'none of ' + ' '.join(PRECISION_FLAGS)}"
 
 
 def _isolated() -> bool:
