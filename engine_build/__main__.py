@@ -126,6 +126,11 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, default=settings.model_dir)
     p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="entropy")
     p.add_argument(
+        "--scheme", choices=["auto", "s8", "s8-guarded", "u8"], default="auto",
+        help="weight format; auto: int8 where the CPU has VNNI/AMX, int8 with the saturating layers in "
+        "7 bits where it has only AVX2 (the choice and why go into model.int8.json)",
+    )  # fmt: skip
+    p.add_argument(
         "--force", action="store_true", help="quantise again even if the record says it is current"
     )
 
@@ -134,6 +139,10 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     )
     p.add_argument("--model-dir", type=Path, default=settings.model_dir)
     p.add_argument("--threshold", type=float, default=settings.gate_threshold, help="least mAP vs FP32")
+    p.add_argument(
+        "--if-stale", action="store_true",
+        help="do nothing when gate.json already scores these model files on this machine (make model)",
+    )  # fmt: skip
 
     p = sub.add_parser("triton-repo", help="a Triton model repository (config.pbtxt + model) for the model")
     p.add_argument("--model-dir", type=Path, default=settings.model_dir)
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "quantize":
             from engine_build.quantize import quantize
 
-            quantize(args.model_dir, method=args.method, force=args.force)
+            quantize(args.model_dir, method=args.method, scheme=args.scheme, force=args.force)
         elif args.command == "triton-repo":
             from engine_build.triton_repo import RepoOptions, write_repository
 
@@ -225,9 +234,12 @@ def main(argv: list[str] | None = None) -> int:
                 intra_op_threads=args.intra_op_threads, engine_file=args.engine_file,
             ))  # fmt: skip
         elif args.command == "precision":
-            from engine_build.precision import run_gate
+            from engine_build.precision import gate_is_current, run_gate
 
-            run_gate(args.model_dir, threshold=args.threshold)
+            if args.if_stale and gate_is_current(args.model_dir, threshold=args.threshold):
+                log.info("accuracy gate %s is current for these models on this machine", args.model_dir)
+            else:
+                run_gate(args.model_dir, threshold=args.threshold)
     except (RtdetectError, RuntimeError, ValueError, OSError) as e:
         log.error("%s failed: %s", args.command, e)
         return 1

@@ -32,6 +32,15 @@ OPENCV_STILLS: tuple[str, ...] = (
 VIDEO_CLIP = "vtest.avi"  # 795 frames of pedestrians, 768x576
 VIDEO_STEP = 10  # every 10th frame: 80 frames, consecutive picks 0.4 s apart
 MATPLOTLIB_SAMPLES: tuple[str, ...] = ("grace_hopper.jpg",)
+# Held out from both calibration and evaluation: a second opinion on a quantised model (recall against FP32
+# on photos nothing was tuned on). Other stills of the same package, and the clip's frames halfway between
+# the evaluation frames.
+HOLDOUT_STILLS: tuple[str, ...] = (
+    "basketball2.png", "pic2.png", "pic3.png", "pic4.png", "pic5.png", "pic6.png", "leuvenA.jpg",
+    "leuvenB.jpg", "licenseplate_motion.jpg", "smarties.png", "rubberwhale1.png", "chicky_512.png",
+    "aloeL.jpg", "ela_original.jpg", "Blender_Suzanne1.jpg",
+)  # fmt: skip
+HOLDOUT_VIDEO_OFFSET = 5
 # One image in CALIBRATION_EVERY of each source goes to calibration, the rest to evaluation.
 CALIBRATION_EVERY = 4
 MIN_EVAL_IMAGES = 60
@@ -99,8 +108,8 @@ def _opencv_photos(data_dir: Path) -> list[Photo]:
     return photos
 
 
-def video_frames(path: Path, step: int) -> list[Photo]:
-    """Every `step`-th frame, read sequentially (seeking is not frame-exact for every codec)."""
+def video_frames(path: Path, step: int, offset: int = 0) -> list[Photo]:
+    """Every `step`-th frame from `offset`, read sequentially (seeking is not frame-exact for every codec)."""
     cap = cv2.VideoCapture(str(path))
     photos: list[Photo] = []
     try:
@@ -109,7 +118,7 @@ def video_frames(path: Path, step: int) -> list[Photo]:
             ok, frame = cap.read()
             if not ok:
                 break
-            if index % step == 0:
+            if index % step == offset:
                 photos.append(Photo(f"{path.stem}/{index:04d}", frame))
             index += 1
     finally:
@@ -156,6 +165,20 @@ def evaluation_photos(opencv_data: Path = OPENCV_DATA) -> list[Photo]:
             OPENCV_APT_PACKAGE,
         )
     return photos
+
+
+def holdout_photos(opencv_data: Path = OPENCV_DATA) -> list[Photo]:
+    """Photos outside calibration and evaluation (empty without opencv-doc), sorted by name."""
+    if not opencv_data.is_dir():
+        log.warning("%s is missing: no held-out photos (install %s)", opencv_data, OPENCV_APT_PACKAGE)
+        return []
+    photos = []
+    for name in HOLDOUT_STILLS:
+        image = cv2.imread(str(opencv_data / name), cv2.IMREAD_COLOR)
+        if image is not None:
+            photos.append(Photo(f"holdout/{name}", image))
+    photos += video_frames(opencv_data / VIDEO_CLIP, VIDEO_STEP, HOLDOUT_VIDEO_OFFSET)
+    return sorted(photos, key=lambda p: p.name)
 
 
 def names_sha256(names: Sequence[str]) -> str:

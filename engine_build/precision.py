@@ -18,8 +18,17 @@ from engine_build.evalset import Photo, evaluation_photos
 from engine_build.scoring import GT_THRESHOLD, PRED_THRESHOLD, ImageDetections, Score, score
 from inference.decoders import create_decoder
 from inference.engines import BACKENDS, Engine, create_engine, engine_precisions
+from inference.engines.options import int8_onnx_file
 from inference.errors import RtdetectError
-from inference.gate import GateRecord, GateResult, current_machine, file_sha256, normalize_precision
+from inference.gate import (
+    GateRecord,
+    GateResult,
+    current_machine,
+    describe,
+    file_sha256,
+    load_gate,
+    normalize_precision,
+)
 from inference.preprocess import preprocess
 from inference.spec import ModelSpec
 from inference.types import DetectParams
@@ -139,6 +148,31 @@ def format_table(measured: Sequence[Measured], threshold: float) -> str:
     return "\n".join(lines)
 
 
+def _int8_sha256(model_dir: Path, spec: ModelSpec) -> str | None:
+    path = model_dir / int8_onnx_file(spec.onnx_file)
+    return file_sha256(path) if path.is_file() else None
+
+
+def gate_is_current(model_dir: Path, *, threshold: float = DEFAULT_THRESHOLD) -> bool:
+    """True when gate.json scored these model files, on this machine, at this threshold: a model directory
+    copied from another machine (or re-quantised) is gated again."""
+    spec = ModelSpec.load(model_dir)
+    record = load_gate(model_dir)
+    if record is None:
+        return False
+    machine = current_machine()
+    stale = {
+        "machine": record.machine != machine,
+        "model.onnx": record.onnx_sha256 != file_sha256(model_dir / spec.onnx_file),
+        "INT8 model": record.int8_sha256 != _int8_sha256(model_dir, spec),
+        "threshold": record.threshold != threshold,
+    }
+    changed = [what for what, differs in stale.items() if differs]
+    if changed:
+        log.info("accuracy gate: %s changed since it was measured: measuring again", ", ".join(changed))
+    return not changed
+
+
 def run_gate(
     model_dir: Path,
     *,
@@ -159,6 +193,7 @@ def run_gate(
         machine=current_machine(),
         threshold=threshold,
         onnx_sha256=file_sha256(model_dir / spec.onnx_file),
+        int8_sha256=_int8_sha256(model_dir, spec),
         results=tuple(
             GateResult(
                 backend=m.backend,
@@ -173,8 +208,7 @@ def run_gate(
     path = record.save(model_dir)
     ref = measured[0].score
     print(f"accuracy gate on {len(photos)} evaluation photos ({ref.reference_boxes} reference boxes "
-          f"at score >= {GT_THRESHOLD}), {record.machine.cpu}, flags {' '.join(record.machine.flags) or '-'}"
-          f"{', GPU ' + record.machine.gpu if record.machine.gpu else ''}")  # fmt: skip
+          f"at score >= {GT_THRESHOLD}), {describe(record.machine)}")  # fmt: skip
     print(format_table(measured, threshold))
     log.info("gate written to %s in %.0f s", path, time.perf_counter() - start)
     return record, measured

@@ -27,15 +27,22 @@ from typing import Any
 import numpy as np
 
 from engine_build.evalset import Photo, calibration_photos, names_sha256
+from engine_build.saturation import guard_saturating_layers
 from inference.engines.options import int8_onnx_file
 from inference.errors import ModelLoadError
-from inference.gate import file_sha256
+from inference.gate import cpu_identity, file_sha256, int8_kernel_class, u8s8_saturates
 from inference.preprocess import preprocess_one
 from inference.spec import ModelSpec
 
 log = logging.getLogger("rtdetect.engine_build")
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Weight formats (engine_build/saturation.py explains the saturation they answer):
+#   s8          int8 weights everywhere: the fast kernels, exact where the CPU has VNNI or AMX;
+#   s8-guarded  int8 weights, uint8 in the layers measured to saturate on this CPU (AVX2 without VNNI);
+#   u8          uint8 weights everywhere: exact on every CPU, but U8U8 kernels are slow.
+SCHEMES = ("s8", "s8-guarded", "u8")
+GUARD_PHOTOS = 8  # calibration photos the per-layer saturation check runs on
 # Kept in float: measured on the evaluation photos (docs/benchmarks.md), these lose accuracy for no speed.
 DEFAULT_EXCLUDED_OP_TYPES: tuple[str, ...] = ()
 
@@ -82,6 +89,8 @@ def quantize(
     keep_head_float: bool = True,
     head_convs_float: bool = False,
     activations: str = "uint8",
+    scheme: str = "auto",
+    float_nodes: Sequence[str] = (),
     output_file: str | None = None,
     force: bool = False,
 ) -> Path:
@@ -100,6 +109,7 @@ def quantize(
         quantize_static,
     )
 
+    scheme, why = choose_scheme(scheme, cpu_identity()[1])
     if activations not in ("int8", "uint8"):
         raise ValueError(f"activations are int8 or uint8, not {activations!r}")
     if method not in CALIBRATION_METHODS:
@@ -118,7 +128,12 @@ def quantize(
         "onnxruntime": onnxruntime.__version__,
         "format": "QDQ",
         "activations": f"{activations} (asymmetric, per tensor)",
-        "weights": f"int8 (symmetric, {'per channel' if per_channel else 'per tensor'})",
+        "weights": f"{'uint8 (asymmetric' if scheme == 'u8' else 'int8 (symmetric'}, "
+        f"{'per channel' if per_channel else 'per tensor'})",
+        "scheme": scheme,
+        "scheme_reason": why,
+        # The kernels the file was made for: the guarded layers are measured on them.
+        "int8_kernels": int8_kernel_class(cpu_identity()[1]),
         "calibration_method": method,
         "calibration_images": len(chosen),
         "calibration_names_sha256": names_sha256(names),
@@ -161,7 +176,7 @@ def quantize(
         ops = sorted({n.op_type for n in model.graph.node} - set(exclude_op_types))
         # A Pad with an infinite fill (-inf in front of a max pool) has an infinite range: its scale would
         # be inf and poison every tensor after it. It stays float; the max pool after it is finite again.
-        excluded_nodes = nonfinite_pad_nodes(model)
+        excluded_nodes = nonfinite_pad_nodes(model) + list(float_nodes)
         if keep_head_float:
             excluded_nodes += head_nodes(model, include_convs=head_convs_float)
         record["excluded_nodes"] = excluded_nodes
@@ -180,7 +195,7 @@ def quantize(
                 nodes_to_exclude=excluded_nodes,
                 per_channel=per_channel,
                 activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8,
+                weight_type=QuantType.QUInt8 if scheme == "u8" else QuantType.QInt8,
                 calibrate_method={
                     "minmax": CalibrationMethod.MinMax,
                     "entropy": CalibrationMethod.Entropy,
@@ -188,12 +203,43 @@ def quantize(
                 }[method],
                 extra_options={"CalibMaxIntermediateOutputs": 8},  # bounds calibration memory
             )
+        if scheme == "s8-guarded":
+            # A few calibration photos spread over the sources (the list is sorted by name).
+            probe = PhotoCalibrationReader(
+                chosen[:: max(1, len(chosen) // GUARD_PHOTOS)][:GUARD_PHOTOS], spec
+            )
+            guarded, report = guard_saturating_layers(_load_model(tmp_out), list(iter(probe.get_next, None)))
+            import onnx
+
+            onnx.save(guarded, str(tmp_out))
+            record["guarded_layers"] = report.guarded
+            record["saturation_distance"] = {
+                "all_int8": report.damage_all_int8,
+                "guarded": report.damage_guarded,
+                "layers_checked": report.layers,
+                "seconds": report.seconds,
+            }
         tmp_out.replace(out_path)
     record["seconds"] = round(time.perf_counter() - start, 1)
     record["created"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     rec_path.write_text(json.dumps(record, indent=2) + "\n")
     log.info("INT8 model written to %s in %.0f s (record: %s)", out_path, record["seconds"], rec_path.name)
     return out_path
+
+
+def choose_scheme(requested: str, flags: Sequence[str]) -> tuple[str, str]:
+    """The weight format to write and why: `auto` follows the CPU's int8 dot-product instructions."""
+    if requested != "auto":
+        if requested not in SCHEMES:
+            raise ValueError(f"unknown weight scheme {requested!r}; choose auto or one of {SCHEMES}")
+        return requested, "asked for"
+    kernels = int8_kernel_class(tuple(flags))
+    if u8s8_saturates(tuple(flags)):
+        return "s8-guarded", (
+            f"this CPU has no VNNI or AMX ({kernels}): uint8 x int8 pairs saturate int16, so the layers "
+            "where that shows keep exact uint8 weights"
+        )
+    return "s8", f"this CPU has {kernels}: int8 dot products accumulate in int32, nothing saturates"
 
 
 def _load_model(path: Path) -> Any:

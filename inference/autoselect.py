@@ -434,7 +434,13 @@ class SelectedEngine:
 
     def load(self) -> None:
         onnx = self.model_dir / self.spec.onnx_file
-        gate = load_gate(self.model_dir, onnx_sha256=file_sha256(onnx) if onnx.is_file() else None)
+        int8 = self.model_dir / int8_onnx_file(self.spec.onnx_file)
+        gate = load_gate(
+            self.model_dir,
+            onnx_sha256=file_sha256(onnx) if onnx.is_file() else None,
+            machine=current_machine(),
+            int8_sha256=file_sha256(int8) if int8.is_file() else None,
+        )
         backend, precision = self.requested
         selection, engine = select_engine(
             self.source,

@@ -53,6 +53,8 @@ class GateRecord(BaseModel):
     machine: Machine
     threshold: float = Field(ge=0.0, le=1.0)
     onnx_sha256: str
+    # The INT8 file the int8 rows scored: a re-quantised file is not the one the gate measured.
+    int8_sha256: str | None = None
     results: tuple[GateResult, ...] = ()
 
     def _find(self, backend: str, precision: str) -> GateResult | None:
@@ -80,10 +82,19 @@ class GateRecord(BaseModel):
         return path
 
 
-def load_gate(model_dir: Path, *, onnx_sha256: str | None = None) -> GateRecord | None:
+def load_gate(
+    model_dir: Path,
+    *,
+    onnx_sha256: str | None = None,
+    machine: Machine | None = None,
+    int8_sha256: str | None = None,
+) -> GateRecord | None:
     """The recorded gate, or None when there is none (or it is unreadable, or for another model).
 
-    Pass the serving model's hash to ignore a record measured on a different model.onnx.
+    Pass the serving model's hash to ignore a record measured on a different model.onnx, the serving
+    machine to ignore one measured on another CPU or GPU (reduced precisions round differently there: an
+    INT8 file that passed on a VNNI CPU can fail on an AVX2-only one), and the INT8 file's hash to drop the
+    int8 verdicts when that file is not the one the gate scored.
     """
     path = model_dir / GATE_FILENAME
     try:
@@ -96,7 +107,25 @@ def load_gate(model_dir: Path, *, onnx_sha256: str | None = None) -> GateRecord 
     if onnx_sha256 is not None and record.onnx_sha256 != onnx_sha256:
         log.warning("ignoring accuracy gate %s: it was measured on another model.onnx", path)
         return None
+    if machine is not None and record.machine != machine:
+        log.warning(
+            "ignoring accuracy gate %s: it was measured on %s, this is %s; run `make model` (or `python -m "
+            "engine_build precision`) here to score reduced precisions on this machine",
+            path, describe(record.machine), describe(machine),
+        )  # fmt: skip
+        return None
+    if int8_sha256 is not None and record.int8_sha256 != int8_sha256:
+        if any(normalize_precision(r.precision) == "int8" for r in record.results):
+            log.warning("accuracy gate %s scored another INT8 file: int8 counts as not measured", path)
+        kept = tuple(r for r in record.results if normalize_precision(r.precision) != "int8")
+        record = record.model_copy(update={"results": kept})
     return record
+
+
+def describe(machine: Machine) -> str:
+    """One line for logs and pages: CPU, its precision flags, the GPU."""
+    gpu = f", GPU {machine.gpu}" if machine.gpu else ""
+    return f"{machine.cpu} [{' '.join(machine.flags) or 'no precision flags'}]{gpu}"
 
 
 def file_sha256(path: Path) -> str:
@@ -122,6 +151,27 @@ def cpu_identity(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, tuple[str,
         elif key == "flags" and not flags:
             flags = set(value.split())
     return model, tuple(f for f in PRECISION_FLAGS if f in flags)
+
+
+# Instruction sets whose 8-bit dot products accumulate in 32 bits (VPDPBUSD, TDPBUSD). Without any of them,
+# x86 kernels multiply uint8 activations by int8 weights with VPMADDUBSW, which sums pairs of products in
+# int16 with saturation: a layer whose weights and activations are both large then computes wrong numbers.
+INT8_DOT_FLAGS: tuple[str, ...] = ("amx_int8", "avx512_vnni", "avx_vnni")
+
+
+def int8_kernel_class(flags: tuple[str, ...] | list[str]) -> str:
+    """'amx', 'vnni' (AVX-512 or AVX VNNI) or 'avx2' (no 32-bit int8 dot product: u8 x s8 saturates)."""
+    have = set(flags)
+    if "amx_int8" in have:
+        return "amx"
+    if have & {"avx512_vnni", "avx_vnni"}:
+        return "vnni"
+    return "avx2"
+
+
+def u8s8_saturates(flags: tuple[str, ...] | list[str]) -> bool:
+    """True where uint8 x int8 products are summed in pairs into saturating int16 (no VNNI, no AMX)."""
+    return int8_kernel_class(flags) == "avx2"
 
 
 def gpu_name() -> str | None:
