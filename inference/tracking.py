@@ -10,8 +10,9 @@ a new track needs two hits before it gets an id; a lost track is kept `max_lost_
 
 The state is (cx, cy, w, h) and their velocities in pixels per second; the noise scales with the box
 height as in ByteTrack (per-frame weights, taken at 30 fps). Each track runs two such filters: ByteTrack's
-for association, and for the boxes drawn and sent a more responsive one that also estimates an acceleration
-(decaying, Singer's model): on a slow engine a box is drawn on frames 50-150 ms newer than its result's.
+for association, and for the boxes drawn and sent one that also estimates an acceleration (white jerk noise
+per coordinate, reset on a sudden turn): on a slow engine a box is drawn on frames 80-250 ms newer than its
+result's.
 Pure numpy + scipy, no WebRTC: the media server runs one `Tracker` per peer in its worker thread and reads
 the immutable snapshots it returns.
 """
@@ -47,16 +48,23 @@ class TrackerConfig:
     # ByteTrack's weights, for association.
     position_noise: float = 1.0 / 20.0
     velocity_noise: float = 1.0 / 160.0
-    # The drawn boxes' filter: constant acceleration, the acceleration decaying with `acceleration_decay_s`
-    # (Singer's model), so a reversal or a long extrapolation does not overshoot. A result is 50-150 ms old
-    # when its box is drawn (its frame's pts to the drawn frame's), and with a constant velocity a turning
-    # person is missed by a*dt^2/2 plus the velocity's own lag (docs/benchmarks.md: centre error with the
-    # engine slowed). Tuned on the smooth and bounce scenes of tools/scenes.py. None for the acceleration:
-    # constant velocity (`constant_velocity`, the earlier model).
-    display_position_noise: float = 1.0 / 30.0
-    display_velocity_noise: float = 1.0 / 20.0
-    display_acceleration_noise: float | None = 1.0 / 100.0
-    acceleration_decay_s: float = 0.3
+    # The drawn boxes' filter: per coordinate a position, velocity and acceleration with white jerk noise
+    # (`display_jerk_noise` box heights per s^2.5; sizes a tenth of it), measurements `display_measurement_noise`
+    # box heights apart (NanoDet's centre jitters about 1.5 px on a 240 px person). A result is 80-250 ms old
+    # when its box is drawn (its frame's pts to the drawn frame's), and a constant velocity misses a turning
+    # person by a*dt^2/2 plus the velocity's own lag. A measurement more than `maneuver_gate` box heights off
+    # the prediction is a sudden turn (a bounce): the coordinate restarts from the last two measurements
+    # (velocity) with no acceleration, or the pre-turn acceleration would overshoot. `box_at` applies an
+    # acceleration for at most `acceleration_horizon_s`, then carries on at the velocity reached. Tuned with an
+    # offline replay of the live path's timing on real detections (docs/benchmarks.md: centre error with the
+    # engine at 40 and 80 ms). None for the jerk noise: constant velocity (`constant_velocity`, the earlier
+    # model, which uses `display_position_noise` and `display_velocity_noise`).
+    display_position_noise: float = 1.0 / 20.0
+    display_velocity_noise: float = 1.0 / 10.0
+    display_jerk_noise: float | None = 13.0
+    display_measurement_noise: float = 1.0 / 60.0
+    maneuver_gate: float = 1.0 / 12.0
+    acceleration_horizon_s: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.low_threshold <= self.high_threshold <= 1.0:
@@ -69,24 +77,21 @@ class TrackerConfig:
                 self.velocity_noise,
                 self.display_position_noise,
                 self.display_velocity_noise,
+                self.display_measurement_noise,
+                self.maneuver_gate,
             )
             <= 0
         ):
             raise ValueError("noise weights must be > 0")
-        if self.display_acceleration_noise is not None and self.display_acceleration_noise <= 0:
-            raise ValueError("display_acceleration_noise must be > 0 (None: constant velocity)")
-        if self.acceleration_decay_s <= 0:
-            raise ValueError("acceleration_decay_s must be > 0")
+        if self.display_jerk_noise is not None and self.display_jerk_noise <= 0:
+            raise ValueError("display_jerk_noise must be > 0 (None: constant velocity)")
+        if self.acceleration_horizon_s < 0:
+            raise ValueError("acceleration_horizon_s must be >= 0")
 
 
 def constant_velocity(config: TrackerConfig) -> TrackerConfig:
     """`config` with the earlier display filter: constant velocity, 16x ByteTrack's velocity noise."""
-    return dataclasses.replace(
-        config,
-        display_position_noise=1.0 / 20.0,
-        display_velocity_noise=1.0 / 10.0,
-        display_acceleration_noise=None,
-    )
+    return dataclasses.replace(config, display_jerk_noise=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +107,7 @@ class TrackSnapshot:
     matched: bool  # updated by the latest result (False: coasting, lost)
     max_predict_s: float
     acceleration: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # px/s^2 (cx, cy, w, h)
-    acceleration_decay_s: float = 0.3
+    acceleration_horizon_s: float = 0.2
 
     @property
     def box(self) -> Box:
@@ -114,10 +119,10 @@ class TrackSnapshot:
 
     def box_at(self, t: float) -> Box:
         """The box moved to time `t` (seconds, the same clock as the updates: the pts of the frame drawn)
-        from the time of the frame it was detected in, with the track's velocity and decaying acceleration."""
+        from the time of the frame it was detected in, with the track's velocity and acceleration."""
         dt = min(max(t - self.time, -self.max_predict_s), self.max_predict_s)
         m, a = self.mean, self.acceleration
-        k = _acceleration_gain(abs(dt), self.acceleration_decay_s)
+        k = _acceleration_gain(dt, self.acceleration_horizon_s)
         return _to_box([m[i] + m[i + 4] * dt + a[i] * k for i in range(4)])
 
     def detection(self, box: Box | None = None) -> Detection:
@@ -135,68 +140,116 @@ def _measure(box: Box) -> np.ndarray:
     return np.array([(x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, _MIN_SIDE), max(y2 - y1, _MIN_SIDE)])
 
 
-def _acceleration_gain(dt: float, decay_s: float) -> float:
-    """How far an acceleration of 1 px/s^2 decaying with time constant `decay_s` moves a box in `dt` s
-    (Singer's model): dt^2/2 while dt << decay_s, then only linear in dt, so an extrapolation far from the
-    last result (a reversal, a lost track) does not run away quadratically."""
-    x = dt / decay_s
-    return decay_s * decay_s * (x - 1.0 + math.exp(-x)) if x > 1e-6 else dt * dt / 2
+def _acceleration_gain(dt: float, horizon_s: float) -> float:
+    """How far an acceleration of 1 px/s^2 moves a box in `dt` s when it acts for at most `horizon_s`:
+    dt^2/2, then linear in dt at the velocity reached, so an extrapolation far from the last result (a lost
+    track, `max_predict_s`) does not run away quadratically. Odd in dt (a frame older than the result)."""
+    s = abs(dt)
+    k = s * s / 2 if s <= horizon_s else horizon_s * (s - horizon_s / 2)
+    return math.copysign(k, dt)
 
 
 class _Kalman:
-    """Constant velocity on (cx, cy, w, h), noise scaled by the box height (ByteTrack's model, in time);
-    with `acceleration_noise`, a third block of states, an acceleration decaying with `decay_s` (Singer)."""
+    """Constant velocity on (cx, cy, w, h), noise scaled by the box height (ByteTrack's model, in time)."""
 
-    def __init__(
-        self,
-        z: np.ndarray,
-        position_noise: float,
-        velocity_noise: float,
-        acceleration_noise: float | None = None,
-        decay_s: float = 0.3,
-    ) -> None:
-        self._pos, self._vel, self._acc = position_noise, velocity_noise, acceleration_noise
-        self.decay_s = decay_s
-        self._blocks = 2 if acceleration_noise is None else 3
-        n = 4 * self._blocks
-        self._h = np.eye(4, n)
-        self.mean = np.concatenate([z, np.zeros(n - 4)])
+    def __init__(self, z: np.ndarray, position_noise: float, velocity_noise: float) -> None:
+        self._pos, self._vel = position_noise, velocity_noise
+        self.mean = np.concatenate([z, np.zeros(4)])
         h = z[3]
-        std = [2 * self._pos * h] * 4 + [10 * self._vel * h * _FPS] * 4
-        if acceleration_noise is not None:
-            std += [10 * acceleration_noise * h * _FPS * _FPS] * 4
+        std = np.array([2 * self._pos * h] * 4 + [10 * self._vel * h * _FPS] * 4)
         self.cov = np.diag(np.square(std))
 
     @property
     def acceleration(self) -> tuple[float, float, float, float]:
-        if self._blocks == 2:
-            return (0.0, 0.0, 0.0, 0.0)
-        a = self.mean[8:12]
+        return (0.0, 0.0, 0.0, 0.0)
+
+    def predict(self, dt: float) -> None:
+        f = np.eye(8)
+        f[:4, 4:] = np.eye(4) * dt
+        h = self.mean[3]
+        frames = dt * _FPS  # the per-frame noise, once per frame interval elapsed
+        q = np.square([self._pos * h] * 4 + [self._vel * h * _FPS] * 4) * frames
+        self.mean = f @ self.mean
+        self.cov = f @ self.cov @ f.T + np.diag(q)
+
+    def update(self, z: np.ndarray, t: float = 0.0) -> None:
+        r = np.diag(np.square([self._pos * self.mean[3]] * 4))
+        s = _H @ self.cov @ _H.T + r
+        gain = np.linalg.solve(s, (self.cov @ _H.T).T).T
+        self.mean = self.mean + gain @ (z - _H @ self.mean)
+        self.cov = (np.eye(8) - gain @ _H) @ self.cov
+
+
+_H = np.eye(4, 8)
+# Each coordinate's uncertainty when a track starts (or turns suddenly), in box heights (per s, per s^2):
+# a person crossing a 640 px frame in a second or two, turning within a few tenths of a second.
+_START_VELOCITY = 1.7
+_START_ACCELERATION = 12.0
+
+
+class _JerkFilter:
+    """The drawn boxes' filter: per coordinate (cx, cy, w, h) a position, velocity and acceleration,
+    continuous white jerk noise (a Wiener-process acceleration), every coordinate its own 3-state filter
+    (they are independent), with a maneuver reset on cx and cy (TrackerConfig's comments)."""
+
+    def __init__(
+        self, z: np.ndarray, t: float, jerk_noise: float, measurement_noise: float, gate: float
+    ) -> None:
+        self._jerk, self._r, self._gate = jerk_noise, measurement_noise, gate
+        # Position and size sides jerk alike in px; the size's noise is a tenth (a person's box breathes).
+        self._jerk_scale = np.array([1.0, 1.0, 0.1, 0.1])
+        self.mean = np.zeros((4, 3))
+        self.mean[:, 0] = z
+        self.cov = np.stack([self._start_cov(z[3])] * 4)
+        self._last = (t, z.copy())
+
+    def _start_cov(self, h: float, position_var: float | None = None) -> np.ndarray:
+        r = self._r * h
+        return np.diag(
+            [
+                r * r if position_var is None else position_var,
+                (_START_VELOCITY * h) ** 2,
+                (_START_ACCELERATION * h) ** 2,
+            ]
+        )
+
+    @property
+    def acceleration(self) -> tuple[float, float, float, float]:
+        a = self.mean[:, 2]
         return (float(a[0]), float(a[1]), float(a[2]), float(a[3]))
 
     def predict(self, dt: float) -> None:
-        n = 4 * self._blocks
-        f = np.eye(n)
-        f[:4, 4:8] = np.eye(4) * dt
-        h = self.mean[3]
-        frames = dt * _FPS  # the per-frame noise, once per frame interval elapsed
-        weights = [self._pos * h] * 4 + [self._vel * h * _FPS] * 4
-        if self._acc is not None:
-            decay = math.exp(-dt / self.decay_s)
-            f[:4, 8:] = np.eye(4) * _acceleration_gain(dt, self.decay_s)
-            f[4:8, 8:] = np.eye(4) * self.decay_s * (1.0 - decay)
-            f[8:, 8:] = np.eye(4) * decay
-            weights += [self._acc * h * _FPS * _FPS] * 4
-        self.mean = f @ self.mean
-        self.cov = f @ self.cov @ f.T + np.diag(np.square(weights) * frames)
+        f = np.array([[1.0, dt, dt * dt / 2], [0.0, 1.0, dt], [0.0, 0.0, 1.0]])
+        q = np.array(
+            [
+                [dt**5 / 20, dt**4 / 8, dt**3 / 6],
+                [dt**4 / 8, dt**3 / 3, dt**2 / 2],
+                [dt**3 / 6, dt**2 / 2, dt],
+            ]
+        )
+        h = self.mean[3, 0]
+        spectral = np.square(self._jerk * h * self._jerk_scale)
+        self.mean = self.mean @ f.T
+        self.cov = f @ self.cov @ f.T + spectral[:, None, None] * q
 
-    def update(self, z: np.ndarray) -> None:
-        hm = self._h
-        r = np.diag(np.square([self._pos * self.mean[3]] * 4))
-        s = hm @ self.cov @ hm.T + r
-        gain = np.linalg.solve(s, (self.cov @ hm.T).T).T
-        self.mean = self.mean + gain @ (z - hm @ self.mean)
-        self.cov = (np.eye(len(self.mean)) - gain @ hm) @ self.cov
+    def update(self, z: np.ndarray, t: float) -> None:
+        h = max(self.mean[3, 0], _MIN_SIDE)
+        last_t, last_z = self._last
+        for i in range(2):  # a sudden turn: restart from the last two measurements, no acceleration
+            if abs(z[i] - self.mean[i, 0]) > self._gate * h and t > last_t:
+                self.mean[i] = (z[i], (z[i] - last_z[i]) / (t - last_t), 0.0)
+                self.cov[i] = self._start_cov(h)
+        r2 = (self._r * h) ** 2
+        s = self.cov[:, 0, 0] + r2  # one scalar measurement per coordinate
+        gain = self.cov[:, :, 0] / s[:, None]
+        self.mean = self.mean + gain * (z - self.mean[:, 0])[:, None]
+        self.cov = self.cov - gain[:, :, None] * self.cov[:, None, 0, :]
+        self._last = (t, z.copy())
+
+    @property
+    def state(self) -> np.ndarray:
+        """(cx, cy, w, h, vcx, vcy, vw, vh), as the constant-velocity filter's mean."""
+        return np.concatenate([self.mean[:, 0], self.mean[:, 1]])
 
 
 class _Track:
@@ -207,13 +260,14 @@ class _Track:
     def __init__(self, detection: Detection, t: float, config: TrackerConfig) -> None:
         z = _measure(detection.box)
         self.filter = _Kalman(z, config.position_noise, config.velocity_noise)
-        self.display = _Kalman(
-            z,
-            config.display_position_noise,
-            config.display_velocity_noise,
-            config.display_acceleration_noise,
-            config.acceleration_decay_s,
+        self.display: _Kalman | _JerkFilter = (
+            _Kalman(z, config.display_position_noise, config.display_velocity_noise)
+            if config.display_jerk_noise is None
+            else _JerkFilter(
+                z, t, config.display_jerk_noise, config.display_measurement_noise, config.maneuver_gate
+            )
         )
+        self.acceleration_horizon_s = config.acceleration_horizon_s
         self.time = t
         self.class_id, self.label, self.score = detection.class_id, detection.label, detection.score
         self.hits = 1
@@ -232,7 +286,7 @@ class _Track:
     def update(self, detection: Detection, t: float) -> None:
         z = _measure(detection.box)
         self.filter.update(z)
-        self.display.update(z)
+        self.display.update(z, t)
         self.score = detection.score
         self.hits += 1
         self.last_matched = t
@@ -249,12 +303,15 @@ class _Track:
             self.class_id,
             self.label,
             self.score,
-            tuple(float(v) for v in self.display.mean[:8]),
+            tuple(
+                float(v)
+                for v in (self.display.mean if isinstance(self.display, _Kalman) else self.display.state)
+            ),
             self.time,
             self.matched,
             max_predict_s,
             self.display.acceleration,
-            self.display.decay_s,
+            self.acceleration_horizon_s,
         )
 
 

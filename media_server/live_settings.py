@@ -18,7 +18,7 @@ class LiveTrackingSettings(BaseSettings):
     tracking: bool = True
     # Each track's box moved to every outgoing frame's time (needs tracking); off: boxes where detected.
     predict_boxes: bool = True
-    # Predicted with each track's (decaying) acceleration; off: constant velocity, the earlier model, which
+    # Predicted with each track's acceleration (inference/tracking.py); off: constant velocity, the earlier model, which
     # misses a turning person by tens of pixels on a slow engine (docs/benchmarks.md).
     predict_acceleration: bool = True
     # ByteTrack's second association: detections this score or more (below the peer's threshold) keep a
