@@ -21,9 +21,8 @@ def test_the_report_replaces_only_its_own_section(tmp_path: Path) -> None:
     ]
     first = render(rtt, errors, IdRow(60, 600, 590, 0, [1, 2]), "a machine", "quiet")
     write_section(doc, first)
-    assert (
-        "| smooth | +40 ms | constant velocity | 900 | 99 % | 167 ms | 233 ms | 6.0 px |" in doc.read_text()
-    )
+    assert "| smooth | 40 ms | constant velocity | 900 | 99 % | 167 ms | 233 ms | 6.0 px |" in doc.read_text()
+    assert "| smooth | natural | constant acceleration | 900 |" in doc.read_text()
     assert "VP8: rtdetect's p50 is 30.0 ms below the bare aiortc echo's." in doc.read_text()
     assert "2.00 on the pipeline's executor + 1.00 through the batcher = 3.00" in doc.read_text()
     second = render([], [], None, "another machine", "busy")

@@ -9,8 +9,8 @@
 2. Displayed-box centre error: a real photo of a person moving across the frame at about 380 px/s mean
    (`tools/scenes.py`: a smooth back-and-forth, and a constant-speed bounce), through an in-process media
    server, with box prediction (constant acceleration, the default; constant velocity, the earlier model)
-   and without, the engine at its own speed and slowed (`--error-delays-ms`, tools/slow_engine.py as in
-   tools.bench: results older when drawn). For every outgoing frame the box drawn on it (the pipeline's
+   and without, the engine at its own speed ("natural") and slowed so that every inference takes N ms in
+   all (`--error-engine-ms`, tools/slow_engine.py padding each call: results older when drawn). For every outgoing frame the box drawn on it (the pipeline's
    `on_drawn` seam) is compared with where the person is in that very frame (ground truth from the frame
    number stamped in it).
 3. Id switches: two people crossing (`tools/scenes.py`), for `--ids-seconds`: each result's ids on the true
@@ -35,7 +35,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from inference.engines import Engine
 from inference.gate import PRECISION_FLAGS, cpu_identity
 from inference.paths import default_model_dir
 from inference.tracking import iou_matrix
@@ -55,9 +56,9 @@ from media_server.settings import Settings
 from media_server.track import InFrame, LivePipeline, LiveResult, frame_time
 from rtc.ice import HostAddressOverride
 from tools.bench import machine_description, media_server, peer_result
-from tools.bench_server import slow_wrapper
 from tools.scenes import Scene, SceneTrack, moving_person, two_crossing
 from tools.servers import LOOPBACK, free_port, server_process
+from tools.slow_engine import SlowEngine
 from tools.synthetic import SyntheticPeer, read_number
 
 BEGIN = "<!-- tools.live_bench:begin -->"
@@ -146,12 +147,25 @@ async def round_trips(codecs: Sequence[str], seconds: float, model_dir: Path, lo
 # --- 2-4. in-process: what is drawn, ids, thread hops ----------------------------------------------------
 
 
+def padded(engine_ms: float) -> Callable[[Engine], Engine] | None:
+    """An engine wrapper making every inference take `engine_ms` in all (the real call, then a sleep for
+    the rest: tools/slow_engine.py); None (0): the engine at its own speed."""
+    if engine_ms <= 0:
+        return None
+    return lambda engine: SlowEngine(engine, engine_ms / 1e3, pad=True)
+
+
+def engine_label(engine_ms: float) -> str:
+    return "natural" if engine_ms <= 0 else f"{engine_ms:g} ms"
+
+
 @contextlib.asynccontextmanager
 async def in_process(
-    settings: Settings, scene: Scene, engine_delay_ms: float = 0.0
+    settings: Settings, scene: Scene, engine_ms: float = 0.0
 ) -> AsyncIterator[tuple[LivePipeline, SceneTrack, Any]]:
-    """The media server in this process, one synthetic peer streaming `scene`; its pipeline and track."""
-    app = create_app(settings, wrap_engine=slow_wrapper(engine_delay_ms))
+    """The media server in this process, one synthetic peer streaming `scene`; its pipeline and track;
+    `engine_ms` > 0: every inference padded to take that long (`padded`)."""
+    app = create_app(settings, wrap_engine=padded(engine_ms))
     http = await start_http(app, settings, host=LOOPBACK, port=0)
     url = f"http://{LOOPBACK}:{http.port}"
     client = SyntheticPeer(url, np.zeros((scene.height, scene.width, 3), np.uint8), fps=FPS)
@@ -197,7 +211,7 @@ PREDICTIONS = {"acceleration": "constant acceleration", "velocity": "constant ve
 class ErrorRow:
     motion: str
     prediction: str  # a PREDICTIONS key
-    engine_delay_ms: float
+    engine_ms: float  # each inference padded to this long in all; 0: the engine's own speed
     age_p50: float  # ms from the result's frame to the frame it is drawn on (pts)
     age_p90: float
     frames: int
@@ -215,7 +229,7 @@ def _motion(name: str) -> Scene:
 
 
 async def centre_error(
-    motion: str, prediction: str, seconds: float, model_dir: Path, engine_delay_ms: float = 0.0
+    motion: str, prediction: str, seconds: float, model_dir: Path, engine_ms: float = 0.0
 ) -> ErrorRow:
     errors: list[float] = []
     ages: list[float] = []
@@ -224,7 +238,7 @@ async def centre_error(
     settings = _settings(
         model_dir, predict_boxes=prediction != "off", predict_acceleration=prediction == "acceleration"
     )
-    async with in_process(settings, _motion(motion), engine_delay_ms) as (pipeline, track, state):
+    async with in_process(settings, _motion(motion), engine_ms) as (pipeline, track, state):
         own_calls = batcher_calls = 0
         submit = state.executor.submit
 
@@ -280,7 +294,7 @@ async def centre_error(
     row = ErrorRow(
         motion,
         prediction,
-        engine_delay_ms,
+        engine_ms,
         float(np.percentile(a, 50)),
         float(np.percentile(a, 90)),
         frames,
@@ -293,7 +307,7 @@ async def centre_error(
         inferred / elapsed,
     )
     log(
-        f"{motion}, engine +{engine_delay_ms:g} ms, prediction {PREDICTIONS[prediction]}: centre error "
+        f"{motion}, engine {engine_label(engine_ms)}, prediction {PREDICTIONS[prediction]}: centre error "
         f"p50 {row.p50:.1f} p90 {row.p90:.1f} px ({row.results_per_s:.1f} results/s)"
     )
     return row
@@ -393,19 +407,20 @@ def render(
             f"Displayed-box centre error, a real photo of a person moving at {SPEED:.0f} px/s mean across "
             "640x480 (smooth: a sine back and forth, period 2.4 s, peak 597 px/s, peak acceleration 1540 "
             "px/s^2; bounce: constant speed, reversing at the edges), on every outgoing frame with a box on the "
-            "person. Engine delay: an artificial sleep added to every engine call (tools/slow_engine.py, as in "
-            "tools.bench), so results are older when drawn; result age: from the pts of the result's frame to "
-            "the pts of the frame its box is drawn on (the prediction's horizon). Prediction: each track's box "
-            "moved to the drawn frame's pts with a constant acceleration decaying in 0.3 s (the default), a "
-            "constant velocity (the earlier model, `RTDETECT_MEDIA_PREDICT_ACCELERATION=false`), or not at all:",
+            "person. Engine: natural, the model at its own speed; N ms, every inference padded to take N ms in "
+            "all (the real call, then a sleep for the rest: tools/slow_engine.py), so results are older when "
+            "drawn; result age: from the pts of the result's frame to the pts of the frame its box is drawn on "
+            "(the prediction's horizon). Prediction: each track's box moved to the drawn frame's pts with its "
+            "velocity and acceleration (the default: white-jerk filter, restarted on a sudden turn), a constant "
+            "velocity (the model before, `RTDETECT_MEDIA_PREDICT_ACCELERATION=false`), or not at all:",
             "",
-            "| motion | engine delay | prediction | frames | with a box | result age p50 | p90 "
+            "| motion | engine | prediction | frames | with a box | result age p50 | p90 "
             "| centre error p50 | p90 | p99 | results/s |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for e in errors:
             out.append(
-                f"| {e.motion} | +{e.engine_delay_ms:g} ms | {PREDICTIONS[e.prediction]} | {e.frames} | "
+                f"| {e.motion} | {engine_label(e.engine_ms)} | {PREDICTIONS[e.prediction]} | {e.frames} | "
                 f"{e.with_box_pct:.0f} % | {e.age_p50:.0f} ms | {e.age_p90:.0f} ms | "
                 f"{e.p50:.1f} px | {e.p90:.1f} px | {e.p99:.1f} px | {e.results_per_s:.1f} |"
             )
@@ -445,11 +460,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--codecs", nargs="+", default=["VP8", "H264"], choices=["VP8", "H264"])
     parser.add_argument("--error-seconds", type=float, default=30.0, help="per motion and setting; 0 skips")
     parser.add_argument(
-        "--error-delays-ms",
+        "--error-engine-ms",
         type=float,
         nargs="+",
         default=[0.0, 40.0, 80.0],
-        help="box error runs with each artificial engine delay (ms per engine call)",
+        help="box error runs with every inference padded to take this long in all (ms; 0: natural speed)",
     )
     parser.add_argument(
         "--error-motions", nargs="+", default=["smooth", "bounce"], choices=["smooth", "bounce"]
@@ -480,7 +495,7 @@ async def _run_all(args: argparse.Namespace, model_dir: Path) -> str:
     # would change the synthetic client's receiver too.
     errors = []
     if args.error_seconds > 0:
-        for delay in args.error_delays_ms:
+        for delay in args.error_engine_ms:
             for motion in args.error_motions:
                 # Without prediction only at the engine's own speed: the boxes simply lag further when slowed.
                 for prediction in PREDICTIONS if delay == 0 else ("acceleration", "velocity"):

@@ -10,11 +10,16 @@ from inference.engines import Engine
 
 
 class SlowEngine:
-    """Wraps an engine and sleeps in every call: simulates an engine slower than the frame interval."""
+    """Wraps an engine and sleeps in every call: simulates an engine slower than the frame interval.
 
-    def __init__(self, inner: Engine, delay_s: float) -> None:
+    `pad=False`: `delay_s` added to every call (tools.bench). `pad=True`: every call takes `delay_s` in all,
+    the real inference included (the sleep is what remains after it; none if inference took longer), as an
+    engine that needs that long per frame (tools.live_bench: "the engine at 40 ms")."""
+
+    def __init__(self, inner: Engine, delay_s: float, *, pad: bool = False) -> None:
         self._inner = inner
         self._delay_s = delay_s
+        self._pad = pad
         self.backend = inner.backend
         self.precision = inner.precision
         self.gate_score: float | None = None
@@ -24,6 +29,8 @@ class SlowEngine:
         self.on_gpu = inner.on_gpu
 
     def _describe(self) -> str:
+        if self._pad:
+            return f"{self._inner.provider} (padded to {self._delay_s * 1e3:.0f} ms per call)"
         return f"{self._inner.provider} (+{self._delay_s * 1e3:.0f} ms artificial delay)"
 
     def load(self) -> None:
@@ -41,8 +48,13 @@ class SlowEngine:
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         # A blocking sleep, like a real slow engine: it holds the batcher's worker, not the event loop.
-        time.sleep(self._delay_s)
-        return self._inner.infer(batch)
+        if not self._pad:
+            time.sleep(self._delay_s)
+            return self._inner.infer(batch)
+        start = time.perf_counter()
+        out = self._inner.infer(batch)
+        time.sleep(max(0.0, start + self._delay_s - time.perf_counter()))
+        return out
 
     def close(self) -> None:
         self._inner.close()
