@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine_build.evalset import Photo, evaluation_photos
+from engine_build.evalset import Photo, evaluation_photos, holdout_photos
 from engine_build.scoring import GT_THRESHOLD, PRED_THRESHOLD, ImageDetections, Score, score
 from inference.decoders import create_decoder
 from inference.engines import BACKENDS, Engine, create_engine, engine_precisions
@@ -48,6 +48,7 @@ class Measured:
     score: Score
     ms_per_image: float  # wall time of the evaluation run, inference + decode: a by-product, not a benchmark
     passed: bool
+    holdout: Score | None = None  # on photos outside calibration and evaluation: a second opinion, not gated
 
 
 def available_combinations(model_dir: Path, spec: ModelSpec) -> list[tuple[str, str]]:
@@ -103,11 +104,13 @@ def measure(
     photos: Sequence[Photo],
     *,
     threshold: float = DEFAULT_THRESHOLD,
+    holdout: Sequence[Photo] = (),
 ) -> list[Measured]:
-    """Run each combination over `photos` and score it against the first one (the reference)."""
+    """Run each combination over `photos` (and `holdout`) and score it against the first one (the reference)."""
     # Every box the scorer could use: the reference keeps those >= GT_THRESHOLD as truth.
     params = DetectParams(score_threshold=min(GT_THRESHOLD, PRED_THRESHOLD), max_detections=100)
     reference: list[ImageDetections] | None = None
+    held_reference: list[ImageDetections] = []
     measured: list[Measured] = []
     for i, (backend, precision) in enumerate(combos, start=1):
         log.info("gate %d/%d: %s %s on %d photos", i, len(combos), backend, precision, len(photos))
@@ -118,6 +121,7 @@ def measure(
             t0 = time.perf_counter()
             detections = detect_all(engine, spec, photos, params)
             ms = (time.perf_counter() - t0) * 1e3 / max(1, len(photos))
+            held = detect_all(engine, spec, holdout, params) if holdout else []
         except RtdetectError as e:
             if reference is None:
                 raise
@@ -126,24 +130,38 @@ def measure(
         finally:
             engine.close()
         if reference is None:
-            reference = detections
+            reference, held_reference = detections, held
         result = score(reference, detections)
+        second = _score_if_any(held_reference, held)
         passed = result.map >= threshold
-        log.info("gate: %s %s mAP %.3f, recall@0.5 %.3f: %s", backend, precision, result.map,
-                 result.recall50, "passed" if passed else f"FAILED (< {threshold:.2f})")  # fmt: skip
-        measured.append(Measured(backend, precision, result, ms, passed))
+        log.info("gate: %s %s mAP %.3f, recall@0.5 %.3f: %s%s", backend, precision, result.map,
+                 result.recall50, "passed" if passed else f"FAILED (< {threshold:.2f})",
+                 f"; held-out photos: mAP {second.map:.3f}, recall@0.5 {second.recall50:.3f}" if second else "")  # fmt: skip
+        measured.append(Measured(backend, precision, result, ms, passed, second))
     return measured
+
+
+def _score_if_any(reference: list[ImageDetections], detections: list[ImageDetections]) -> Score | None:
+    """The held-out score, or None without held-out photos or without a reference box among them."""
+    if not reference:
+        return None
+    try:
+        return score(reference, detections)
+    except ValueError:  # no reference box at all: nothing to score
+        return None
 
 
 def format_table(measured: Sequence[Measured], threshold: float) -> str:
     lines = [
-        f"| engine | precision | mAP@0.5:0.95 vs FP32 | recall@0.5 | gate (>= {threshold:.2f}) | ms/image (eval run) |",
-        "|---|---|---:|---:|---|---:|",
+        f"| engine | precision | mAP@0.5:0.95 vs FP32 | recall@0.5 | gate (>= {threshold:.2f}) | ms/image (eval run) "
+        "| held-out mAP | held-out recall@0.5 |",
+        "|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for m in measured:
+        held = f"{m.holdout.map:.3f} | {m.holdout.recall50:.3f}" if m.holdout else "- | -"
         lines.append(
             f"| {m.backend} | {m.precision} | {m.score.map:.3f} | {m.score.recall50:.3f} | "
-            f"{'pass' if m.passed else 'FAIL'} | {m.ms_per_image:.1f} |"
+            f"{'pass' if m.passed else 'FAIL'} | {m.ms_per_image:.1f} | {held} |"
         )
     return "\n".join(lines)
 
@@ -180,14 +198,25 @@ def run_gate(
     photos: Sequence[Photo] | None = None,
     combos: Sequence[tuple[str, str]] | None = None,
     make_engine: EngineFactory | None = None,
+    holdout: Sequence[Photo] | None = None,
 ) -> tuple[GateRecord, list[Measured]]:
-    """Measure, write gate.json, print the table; returns the record and the figures."""
+    """Measure, write gate.json, print the table; returns the record and the figures.
+
+    Held-out photos (by default those of `holdout_photos`, none when `photos` are given) are scored beside
+    the evaluation photos as a second opinion: recorded, printed, never the verdict."""
     spec = ModelSpec.load(model_dir)
+    if holdout is None:
+        holdout = holdout_photos() if photos is None else []
     photos = list(photos) if photos is not None else evaluation_photos()
     combos = list(combos) if combos is not None else available_combinations(model_dir, spec)
     start = time.perf_counter()
     measured = measure(
-        combos, make_engine or _default_factory(model_dir, spec), spec, photos, threshold=threshold
+        combos,
+        make_engine or _default_factory(model_dir, spec),
+        spec,
+        photos,
+        threshold=threshold,
+        holdout=holdout,
     )
     record = GateRecord(
         machine=current_machine(),
@@ -201,6 +230,8 @@ def run_gate(
                 map=round(m.score.map, 4),
                 recall50=round(m.score.recall50, 4),
                 passed=m.passed,
+                holdout_map=round(m.holdout.map, 4) if m.holdout else None,
+                holdout_recall50=round(m.holdout.recall50, 4) if m.holdout else None,
             )
             for m in measured
         ),
@@ -209,6 +240,10 @@ def run_gate(
     ref = measured[0].score
     print(f"accuracy gate on {len(photos)} evaluation photos ({ref.reference_boxes} reference boxes "
           f"at score >= {GT_THRESHOLD}), {describe(record.machine)}")  # fmt: skip
+    held_ref = measured[0].holdout
+    if held_ref is not None:
+        print(f"held-out: {len(holdout)} photos outside calibration and evaluation "
+              f"({held_ref.reference_boxes} reference boxes), scored the same way, not gated")  # fmt: skip
     print(format_table(measured, threshold))
     log.info("gate written to %s in %.0f s", path, time.perf_counter() - start)
     return record, measured

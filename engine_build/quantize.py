@@ -10,6 +10,11 @@ Defaults, each measured on the evaluation photos (docs/benchmarks.md has the tab
 (OpenVINO reads int8-activation QDQ from this tool wrongly: mAP 0.00 against 0.91 with uint8; ONNX Runtime
 scores the same with either), entropy calibration (0.92 against 0.84 for min-max), and the detection head's
 tail after its last convolutions kept in float (box distributions go through a softmax).
+
+The weight format follows the CPU's integer kernels (`choose_scheme`): int8 where VNNI or AMX accumulate in
+int32; on AVX2 alone, where uint8 x int8 pairs saturate int16, the layers measured to saturate keep uint8
+weights (engine_build/saturation.py). A record made for another CPU class is not current: `make model`
+quantises again there.
 """
 
 from __future__ import annotations
@@ -90,7 +95,6 @@ def quantize(
     head_convs_float: bool = False,
     activations: str = "uint8",
     scheme: str = "auto",
-    float_nodes: Sequence[str] = (),
     output_file: str | None = None,
     force: bool = False,
 ) -> Path:
@@ -176,7 +180,7 @@ def quantize(
         ops = sorted({n.op_type for n in model.graph.node} - set(exclude_op_types))
         # A Pad with an infinite fill (-inf in front of a max pool) has an infinite range: its scale would
         # be inf and poison every tensor after it. It stays float; the max pool after it is finite again.
-        excluded_nodes = nonfinite_pad_nodes(model) + list(float_nodes)
+        excluded_nodes = nonfinite_pad_nodes(model)
         if keep_head_float:
             excluded_nodes += head_nodes(model, include_convs=head_convs_float)
         record["excluded_nodes"] = excluded_nodes

@@ -46,6 +46,9 @@ class GateResult(BaseModel):
     map: float = Field(ge=0.0, le=1.0)  # COCO mAP@0.5:0.95 against the FP32 reference's detections
     recall50: float = Field(ge=0.0, le=1.0)  # share of reference boxes found at IoU >= 0.5, same class
     passed: bool
+    # The same against FP32 on photos outside calibration and evaluation: a second opinion, not the verdict.
+    holdout_map: float | None = Field(default=None, ge=0.0, le=1.0)
+    holdout_recall50: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class GateRecord(BaseModel):

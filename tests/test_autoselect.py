@@ -25,7 +25,7 @@ from inference.autoselect import (
 )
 from inference.engines.options import OnnxRuntimeOptions, OpenVinoOptions
 from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError
-from inference.gate import GateRecord, GateResult, Machine, file_sha256
+from inference.gate import GateRecord, GateResult, Machine, current_machine, file_sha256
 from tests.test_engines import make_spec, save_model
 
 
@@ -345,15 +345,19 @@ def test_auto_picks_a_real_engine_here_and_caches_it(
     explicit.close()
 
     # gate.json, for this very model.onnx: what it refuses is never served, explicitly or not.
-    GateRecord(
-        machine=Machine(cpu="test CPU"),
+    record = GateRecord(
+        machine=current_machine(),
         threshold=0.9,
         onnx_sha256=file_sha256(tmp_path / "model.onnx"),
         results=(
             GateResult(backend="openvino", precision="fp32", map=0.5, recall50=0.5, passed=False),
             GateResult(backend="onnxruntime", precision="fp32", map=1.0, recall50=1.0, passed=True),
         ),
-    ).save(tmp_path)
+    )
+    # Measured on another machine (a model directory copied over): not this machine's verdicts, ignored.
+    record.model_copy(update={"machine": Machine(cpu="another CPU", flags=("avx512_vnni",))}).save(tmp_path)
+    assert start(backend="openvino", precision="fp32").gate_score is None
+    record.save(tmp_path)
     with pytest.raises(GateRefusedError, match="openvino/fp32 is under"):
         start(backend="openvino", precision="fp32")
     only = start()

@@ -19,7 +19,9 @@ from onnx import TensorProto, helper, numpy_helper
 from engine_build import tensorrt as trt_build
 from engine_build.evalset import Photo, calibration_photos
 from engine_build.quantize import PhotoCalibrationReader, fold_infinite_pads, head_nodes, quantize
+from engine_build.saturation import weight_dequantizers
 from inference.engines.tensorrt import engine_file_for
+from inference.gate import cpu_identity, int8_kernel_class, u8s8_saturates
 from inference.preprocess import input_shape, preprocess_one
 from inference.spec import ModelSpec
 
@@ -121,6 +123,19 @@ def test_quantize_writes_a_qdq_model_and_its_record(int8_dir: Path, model_dir: P
     assert len(record["calibration_names_sha256"]) == 64 and record["created"]
     assert record["folded_pads"] == ["/Pad_1"]
     assert record["excluded_nodes"]  # the head's tail stays float
+    # The weight format this CPU's integer kernels need, and why (tests/test_cpu_classes.py: every class).
+    flags = cpu_identity()[1]
+    assert record["int8_kernels"] == int8_kernel_class(flags)
+    if u8s8_saturates(flags):
+        # AVX2 only: the first convolution sees the full-range image and saturates; it keeps uint8 weights,
+        # which brings the file back to (almost) the exact int8 result.
+        assert record["scheme"] == "s8-guarded" and "no VNNI or AMX" in record["scheme_reason"]
+        assert "/convolution/Conv" in record["guarded_layers"]
+        distance = record["saturation_distance"]
+        assert distance["guarded"] < 0.2 * distance["all_int8"], distance
+        assert "/convolution/Conv" not in weight_dequantizers(onnx.load(str(path)))  # uint8 there now
+    else:
+        assert record["scheme"] == "s8" and "guarded_layers" not in record
     # It runs, with the FP32 model's outputs, and close to them on a real photo.
     spec = ModelSpec.load(int8_dir)
     from skimage import data
@@ -148,6 +163,8 @@ def test_quantize_rejects_unknown_settings(int8_dir: Path) -> None:
         quantize(int8_dir, method="magic")
     with pytest.raises(ValueError, match="activations"):
         quantize(int8_dir, activations="int4")
+    with pytest.raises(ValueError, match="weight scheme"):
+        quantize(int8_dir, scheme="int4")
 
 
 # --- TensorRT FP16 / INT8 plumbing (engine_build/tensorrt.py) -----------------------------------------
