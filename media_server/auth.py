@@ -58,9 +58,11 @@ class MediaAuthSettings(ApiKeySettings):
     ice_rate_per_min: float = Field(default=60.0, gt=0.0)
     ice_rate_burst: int = Field(default=20, ge=1)
 
+    # Named apart from ApiKeySettings._split: a validator of the same name in a subclass replaces the parent's,
+    # which left RTDETECT_MEDIA_API_KEY_HASHES unparsed (every value refused).
     @field_validator("allowed_origins", mode="before")
     @classmethod
-    def _split(cls, value: Any) -> Any:
+    def _split_origins(cls, value: Any) -> Any:
         return split_list(value)
 
     @field_validator("allowed_origins")

@@ -169,3 +169,23 @@ def test_init_secrets_writes_keys_once_and_the_hashes_of_all(tmp_path: Path) -> 
     keys = _Settings(auth=True, api_keys_file=hashes).api_keys()
     assert keys is not None and len(keys) == 3
     assert keys.identify((secrets_dir / "scanner_api_key").read_text().strip()) is not None
+
+
+@pytest.mark.parametrize("form", ["comma", "json"])
+def test_both_servers_read_their_key_hashes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, form: str
+) -> None:
+    """As the README documents RTDETECT_API_KEY_HASHES / RTDETECT_MEDIA_API_KEY_HASHES: comma-separated or
+    JSON. (The media server refused every value while its allowed_origins splitter shadowed this one.)"""
+    from detect_api.settings import Settings as DetectSettings
+    from media_server.settings import Settings as MediaSettings
+
+    a, b = new_key(), new_key()
+    value = f"{hash_key(a)},{hash_key(b)}" if form == "comma" else f'["{hash_key(a)}", "{hash_key(b)}"]'
+    for prefix, settings in (("RTDETECT_", DetectSettings), ("RTDETECT_MEDIA_", MediaSettings)):
+        monkeypatch.setenv(f"{prefix}AUTH", "true")
+        monkeypatch.setenv(f"{prefix}API_KEY_HASHES", value)
+        keys = settings().api_keys()  # type: ignore[call-arg]
+        assert keys is not None and keys.identify(a) and keys.identify(b), prefix
+    monkeypatch.setenv("RTDETECT_MEDIA_ALLOWED_ORIGINS", "https://a.example, https://b.example:8443")
+    assert MediaSettings().allowed_origins == ["https://a.example", "https://b.example:8443"]  # type: ignore[call-arg]
