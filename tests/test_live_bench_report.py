@@ -30,3 +30,19 @@ def test_the_report_replaces_only_its_own_section(tmp_path: Path) -> None:
     text = doc.read_text()
     assert text.count(BEGIN) == 1 and text.count(END) == 1
     assert "someone else's table" in text and "another machine" in text and "a machine." not in text
+
+
+def test_the_probe_scene_sways_as_the_issue_specifies() -> None:
+    """2 s period, 120 px amplitude about the centre: the ground truth the probe rows are measured against."""
+    from tools.live_bench import MOTIONS, _motion
+
+    assert "probe" in MOTIONS
+    scene = _motion("probe")
+
+    def centre_x(t: float) -> float:
+        _, (box,) = scene.render(t)
+        return (box[0] + box[2]) / 2
+
+    assert abs(centre_x(0.5) - centre_x(0.0) - 120) <= 1  # a quarter period: the amplitude
+    assert abs(centre_x(1.5) - centre_x(0.0) + 120) <= 1
+    assert abs(centre_x(2.0) - centre_x(0.0)) <= 1  # the period

@@ -56,7 +56,7 @@ from media_server.settings import Settings
 from media_server.track import InFrame, LivePipeline, LiveResult, frame_time
 from rtc.ice import HostAddressOverride
 from tools.bench import machine_description, media_server, peer_result
-from tools.scenes import Scene, SceneTrack, moving_person, two_crossing
+from tools.scenes import Scene, SceneTrack, moving_person, swaying_person, two_crossing
 from tools.servers import LOOPBACK, free_port, server_process
 from tools.slow_engine import SlowEngine
 from tools.synthetic import SyntheticPeer, read_number
@@ -224,7 +224,12 @@ class ErrorRow:
     results_per_s: float
 
 
+MOTIONS = ("probe", "smooth", "bounce")
+
+
 def _motion(name: str) -> Scene:
+    if name == "probe":
+        return swaying_person()
     return moving_person(SPEED, smooth=name == "smooth")
 
 
@@ -404,9 +409,11 @@ def render(
         out.append("")
     if errors:
         out += [
-            f"Displayed-box centre error, a real photo of a person moving at {SPEED:.0f} px/s mean across "
-            "640x480 (smooth: a sine back and forth, period 2.4 s, peak 597 px/s, peak acceleration 1540 "
-            "px/s^2; bounce: constant speed, reversing at the edges), on every outgoing frame with a box on the "
+            "Displayed-box centre error, a real photo of a person moving across 640x480 (probe: swaying about "
+            "the centre along a sine of period 2 s and amplitude 120 px, peak 377 px/s and 1184 px/s^2, the "
+            f"issue's probe; smooth: a sine back and forth across the frame at {SPEED:.0f} px/s mean, period "
+            "2.4 s, peak 597 px/s, peak acceleration 1540 px/s^2; bounce: constant speed, reversing at the "
+            "edges), on every outgoing frame with a box on the "
             "person. Engine: natural, the model at its own speed; N ms, every inference padded to take N ms in "
             "all (the real call, then a sleep for the rest: tools/slow_engine.py), so results are older when "
             "drawn; result age: from the pts of the result's frame to the pts of the frame its box is drawn on "
@@ -466,9 +473,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[0.0, 40.0, 80.0],
         help="box error runs with every inference padded to take this long in all (ms; 0: natural speed)",
     )
-    parser.add_argument(
-        "--error-motions", nargs="+", default=["smooth", "bounce"], choices=["smooth", "bounce"]
-    )
+    parser.add_argument("--error-motions", nargs="+", default=list(MOTIONS), choices=list(MOTIONS))
     parser.add_argument("--ids-seconds", type=float, default=60.0, help="0 skips")
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))

@@ -114,6 +114,18 @@ def moving_person(speed: float = 380.0, *, width: int = 640, height: int = 480, 
     return Scene([(sprite, lambda t: (move(t, 0, width - w, speed), y))], width, height)
 
 
+def swaying_person(
+    amplitude: float = 120.0, period: float = 2.0, *, width: int = 640, height: int = 480
+) -> Scene:
+    """One person swaying left and right about the frame's centre along a sine (the box-prediction probe:
+    2 s period and 120 px amplitude peak at 377 px/s and 1184 px/s^2)."""
+    sprite = astronaut()
+    w, h = sprite.size
+    x0, y = (width - w) / 2, (height - h) / 2
+    omega = 2 * math.pi / period
+    return Scene([(sprite, lambda t: (x0 + amplitude * math.sin(omega * t), y))], width, height)
+
+
 def two_crossing(speed: float = 150.0, *, width: int = 640, height: int = 480) -> Scene:
     """Two people walking towards each other, crossing (the lower one in front), turning at the edges."""
     a, b = astronaut(220), player(190)
