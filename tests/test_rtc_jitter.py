@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import inspect
+import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -58,6 +59,25 @@ def test_aiortc_internals_the_seam_relies_on() -> None:
     buffer = JitterBuffer(capacity=16, is_video=True)
     assert {"_origin", "_packets", "_capacity"} <= set(vars(buffer))
     assert list(inspect.signature(JitterBuffer.remove).parameters) == ["self", "count"]
+
+
+def test_a_receiver_built_while_installed_holds_the_marker_buffer() -> None:
+    """The seam itself, not the text of aiortc's source: a real RTCRtpReceiver's buffer is ours for video
+    (aiortc's for audio) while installed, and aiortc's again after."""
+    transport: Any = types.SimpleNamespace(state="new")  # all the constructor reads of its DTLS transport
+
+    def buffer(kind: str) -> object:
+        receiver = aiortc.rtcrtpreceiver.RTCRtpReceiver(kind, transport)
+        return getattr(receiver, "_RTCRtpReceiver__jitter_buffer")  # noqa: B009 - a name-mangled private
+
+    install = MarkerJitterBufferInstall()
+    install.install()
+    try:
+        assert type(buffer("video")) is MarkerJitterBuffer
+        assert type(buffer("audio")) is JitterBuffer
+    finally:
+        install.uninstall()
+    assert type(buffer("video")) is JitterBuffer
     assert RtpPacket(marker=1).marker == 1
     # aiortc's sender marks each frame's last packet, which is what the buffer releases on.
     run_rtp = inspect.getsource(RTCRtpSender._run_rtp)

@@ -50,6 +50,25 @@ def test_two_boxes_crossing_keep_their_ids_and_velocity_is_learnt() -> None:
     assert (x1 + x2) / 2 == pytest.approx(100 + 300 * t_next, abs=5)
 
 
+def test_a_second_box_on_a_tracked_object_never_gets_an_id_of_its_own() -> None:
+    """NMS keeps pairs of boxes under its IoU: a second high-score box overlapping a matched track (IoU >= 0.4
+    here, 0.6) is the same object and starts no track, in any frame of a run."""
+    tracker = Tracker()
+    main = (100.0, 100.0, 200.0, 300.0)
+    second = (125.0, 100.0, 225.0, 300.0)  # IoU with main 75/125 = 0.6
+    assert iou_matrix([main], [second])[0, 0] >= tracker.config.duplicate_iou
+    for n in range(3):
+        tracker.update([person(main, 0.9)], n / 10)
+    for n in range(3, 30):  # the second box now comes with every result, as confident as the first
+        tracks = tracker.update([person(main, 0.9), person(second, 0.85)], n / 10)
+    assert tracker.last_id == 1, [t.track_id for t in tracks]
+    assert [t.track_id for t in tracks if t.track_id is not None] == [1]
+    # A box that does not overlap is another object: it gets its own id.
+    tracker.update([person(main, 0.9), person((400.0, 100.0, 500.0, 300.0), 0.85)], 3.0)
+    tracker.update([person(main, 0.9), person((400.0, 100.0, 500.0, 300.0), 0.85)], 3.1)
+    assert tracker.last_id == 2
+
+
 def _turning_errors(config: TrackerConfig, result_s: float = 0.09, age_s: float = 0.15) -> list[float]:
     """A person turning back and forth along a sine (tools.scenes.glide's: 231 px, 2.4 s period, peak
     1540 px/s^2), a result every `result_s`, each drawn `age_s` after its frame: |drawn - true| centre."""
