@@ -158,6 +158,27 @@ def test_quantize_is_skipped_when_current_and_redone_when_not(int8_dir: Path) ->
     assert json.loads((int8_dir / "model.int8.json").read_text())["calibration_images"] == 3
 
 
+def test_a_model_directory_moved_to_another_cpu_class_is_quantised_again(
+    int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record names the kernels the file was made for: on a CPU of another class `make model` (quantize
+    with its skip check) writes the file that class needs instead of keeping this one."""
+    import engine_build.quantize as quantize_module
+
+    for name in ("model.json", "model.int8.onnx", "model.int8.json"):
+        shutil.copy(int8_dir / name, tmp_path / name)
+    (tmp_path / "model.onnx").symlink_to((int8_dir / "model.onnx").resolve())
+    here = cpu_identity()[1]
+    other = ("avx2", "avx512_vnni") if u8s8_saturates(here) else ("avx2", "fma")
+    monkeypatch.setattr(quantize_module, "cpu_identity", lambda: ("another CPU", other))
+    mtime = (tmp_path / "model.int8.onnx").stat().st_mtime_ns
+    quantize(tmp_path, photos=calibration_photos()[:4], method="minmax")
+    record = json.loads((tmp_path / "model.int8.json").read_text())
+    assert (tmp_path / "model.int8.onnx").stat().st_mtime_ns != mtime
+    assert record["int8_kernels"] == int8_kernel_class(other) != int8_kernel_class(here)
+    assert record["scheme"] == ("s8" if u8s8_saturates(here) else "s8-guarded")
+
+
 def test_quantize_rejects_unknown_settings(int8_dir: Path) -> None:
     with pytest.raises(ValueError, match="calibration method"):
         quantize(int8_dir, method="magic")
