@@ -59,8 +59,14 @@ async def test_cpu_default_keeps_two_requests_in_the_engine() -> None:
         async with asyncio.timeout(10):
             while engine.calls < CPU_WORKERS:  # noqa: ASYNC110 - the fake engine has no async signal
                 await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)  # a third call would have entered by now if it could
-        assert engine.calls == CPU_WORKERS
+        # The third call is submitted and held in the batcher's queue (it gathers only for a free worker):
+        # waiting for that, not for a while, so a slow machine cannot pass this before the call arrives.
+        batcher = detector._require_batcher()
+        async with asyncio.timeout(10):
+            while batcher.queue_depth < 1:  # noqa: ASYNC110 - the queue has no async signal
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # one more turn of the loop for the batcher, were a slot free
+        assert engine.calls == CPU_WORKERS and batcher.queue_depth == 1
         engine.gate.set()
         results = await asyncio.wait_for(asyncio.gather(*calls), 10)
     finally:

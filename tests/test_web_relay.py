@@ -49,8 +49,11 @@ async def test_latest_frame_track_hands_out_only_the_newest_frame() -> None:
     assert (track.received, track.delivered, track.dropped) == (3, 1, 2)
     # Nothing newer yet: recv waits instead of repeating a frame.
     pending = asyncio.ensure_future(track.recv())
-    await asyncio.sleep(0.05)
-    assert not pending.done()
+    # Turns of the event loop, not wall time: the task runs on the first and blocks in recv (a repeated
+    # frame would have completed it), whatever the machine's speed.
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not pending.done() and track.delivered == 1
     track.put(frame(3))
     assert (await asyncio.wait_for(pending, 1)).pts == 3
 
