@@ -9,20 +9,17 @@ cannot) and starts the GPU sampler. Nothing lives in module globals, so tests bu
 import asyncio
 import json
 import logging
-import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 
+from detect_api import service
 from detect_api.docs_assets import install_offline_docs
 from detect_api.errors import (
     ApiError,
@@ -32,12 +29,11 @@ from detect_api.errors import (
     install_error_handlers,
 )
 from detect_api.limits import install_guards
+from detect_api.service import ApiState
 from detect_api.settings import Settings
-from inference.draw import draw_detections
-from inference.imageio import decode_image, encode_jpeg
-from inference.pipeline import Detector, Prepared, build_engine
+from inference.pipeline import Detector, build_engine
 from inference.spec import ModelSpec
-from inference.types import Detection, DetectionResult, DetectParams, Timings
+from inference.types import DetectionResult, DetectParams, Timings
 from observability.gpu import GpuSampler
 from observability.metrics import HTTP_LATENCY_BUCKETS, InferenceMetrics, PrometheusObserver, new_registry
 
@@ -95,33 +91,6 @@ class ModelOut(BaseModel):
 
 
 # --- state -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ApiState:
-    settings: Settings
-    registry: CollectorRegistry
-    metrics: InferenceMetrics
-    gpu: GpuSampler | None
-    detector: Detector | None  # None until the lifespan has built it
-    owns_detector: bool
-    decode_slots: asyncio.Semaphore
-    model_name: str = ""
-    class_ids: dict[str, int] = field(default_factory=dict)  # lower-case name -> id
-
-    @property
-    def ready(self) -> bool:
-        return self.detector is not None and self.detector.ready
-
-    def require_detector(self) -> Detector:
-        if self.detector is None or not self.detector.ready:
-            raise ApiError(
-                503,
-                "not_ready",
-                "the model is not loaded yet (or the server is shutting down)",
-                {"Retry-After": str(self.settings.retry_after_s)},
-            )
-        return self.detector
 
 
 def _state(request: Request) -> ApiState:
@@ -282,13 +251,13 @@ def _router(settings: Settings) -> APIRouter:
             score_threshold=score_threshold,
             iou_threshold=iou_threshold,
             max_detections=max_detections,
-            classes=_parse_classes(classes, state.class_ids) if classes is not None else None,
+            classes=service.parse_classes(classes, state.class_ids) if classes is not None else None,
         )
         data = await _read_upload(file, state.settings.max_upload_bytes)
 
         async with state.decode_slots:
             image, prepared, decode_ms = await asyncio.to_thread(
-                _decode_and_prepare, data, state.settings.max_image_pixels, detector
+                service.decode_and_prepare, data, state.settings.max_image_pixels, detector
             )
         del data  # the encoded copy is not needed any more; the decoded one can be large
 
@@ -297,7 +266,9 @@ def _router(settings: Settings) -> APIRouter:
         headers = {"Server-Timing": _server_timing(timings)}
         model = state.model_name
         if annotated:
-            jpeg = await asyncio.to_thread(_annotate, image, result.detections, state.settings.jpeg_quality)
+            jpeg = await asyncio.to_thread(
+                service.annotate, image, result.detections, state.settings.jpeg_quality
+            )
             headers["X-Detections"] = str(len(result.detections))
             headers["X-Model"] = model
             return Response(jpeg, media_type="image/jpeg", headers=headers)
@@ -352,51 +323,6 @@ async def _read_upload(file: UploadFile, limit: int) -> bytes:
     if len(data) > limit:
         raise ApiError(413, "upload_too_large", f"the file is larger than the limit of {limit} bytes")
     return data
-
-
-def _decode_and_prepare(
-    data: bytes, max_pixels: int, detector: Detector
-) -> tuple[np.ndarray, Prepared, float]:
-    """Decode and pre-process in one worker-thread call (one hop from the event loop, not two)."""
-    t0 = time.perf_counter()
-    image = decode_image(data, max_pixels=max_pixels)
-    decode_ms = (time.perf_counter() - t0) * 1e3
-    return image, detector.prepare(image), decode_ms
-
-
-_ASCII_ID = re.compile(r"[0-9]+")
-
-
-def _parse_classes(text: str, class_ids: dict[str, int]) -> frozenset[int]:
-    """`person, car` or `0,2` (mixed is fine) -> class ids; an unknown entry is a 422 listing the valid ones."""
-    wanted: set[int] = set()
-    unknown: list[str] = []
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
-            continue
-        # ASCII digits only: str.isdigit() also takes '²' (int() then raises) and '٣' (int() reads 3).
-        if _ASCII_ID.fullmatch(item) and int(item) < len(class_ids):
-            wanted.add(int(item))
-        elif item.lower() in class_ids:
-            wanted.add(class_ids[item.lower()])
-        elif item.isnumeric() and not _ASCII_ID.fullmatch(item):
-            raise ApiError(400, "invalid_class_id", f"class ids are ASCII digits 0-9, got {item!r}")
-        else:
-            unknown.append(item)
-    if unknown or not wanted:
-        names = ", ".join(class_ids)
-        problem = f"unknown class(es) {', '.join(map(repr, unknown))}" if unknown else "no class given"
-        raise ApiError(
-            422,
-            "unknown_class",
-            f"{problem}; use names or ids 0..{len(class_ids) - 1} of: {names}",
-        )
-    return frozenset(wanted)
-
-
-def _annotate(image: np.ndarray, detections: tuple[Detection, ...], quality: int) -> bytes:
-    return encode_jpeg(draw_detections(image, detections, inplace=True), quality=quality)
 
 
 def _server_timing(timings: Timings) -> str:

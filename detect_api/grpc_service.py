@@ -24,10 +24,11 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from detect_api.app import ApiState, _annotate, _decode_and_prepare, _parse_classes
+from detect_api import service
 from detect_api.errors import ApiError, grpc_status
 from detect_api.proto import detect_pb2 as pb
 from detect_api.proto import detect_pb2_grpc as pb_grpc
+from detect_api.service import ApiState
 from inference.apikeys import ApiKeys, bearer_token
 from inference.errors import ImageTooLargeError, InvalidImageError, OverloadedError
 from inference.pipeline import Detector, Prepared
@@ -118,8 +119,8 @@ class ReadinessHealth(health.aio.HealthServicer):
             if self._ready()
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVICE_NAME):
-            await self.set(service, status)
+        for name in ("", SERVICE_NAME):
+            await self.set(name, status)
 
     async def Check(self, request: Any, context: Any) -> Any:
         await self.refresh()
@@ -155,7 +156,7 @@ class DetectServicer(pb_grpc.DetectServiceServicer):
                 # A raw BGR image is a read-only view of the request's bytes: draw on a copy.
                 writable = image if image.flags.writeable else image.copy()
                 response.annotated_jpeg = await asyncio.to_thread(
-                    _annotate, writable, result.detections, self.state.settings.jpeg_quality
+                    service.annotate, writable, result.detections, self.state.settings.jpeg_quality
                 )
             return response
         except Exception as e:
@@ -257,7 +258,7 @@ class DetectServicer(pb_grpc.DetectServiceServicer):
                 )
             fields["max_detections"] = value
         if options.classes:
-            fields["classes"] = _parse_classes(",".join(options.classes), self.state.class_ids)
+            fields["classes"] = service.parse_classes(",".join(options.classes), self.state.class_ids)
         return replace(params, **fields) if fields else params
 
     async def _prepare(self, detector: Detector, image: pb.Image) -> tuple[np.ndarray, Prepared, float]:
@@ -274,7 +275,9 @@ class DetectServicer(pb_grpc.DetectServiceServicer):
                     f"the image is {len(data)} bytes, the limit is {settings.max_upload_bytes} bytes",
                 )
             async with self.state.decode_slots:
-                return await asyncio.to_thread(_decode_and_prepare, data, settings.max_image_pixels, detector)
+                return await asyncio.to_thread(
+                    service.decode_and_prepare, data, settings.max_image_pixels, detector
+                )
         if kind == "raw":
             async with self.state.decode_slots:
                 return await asyncio.to_thread(

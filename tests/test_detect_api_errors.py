@@ -19,6 +19,7 @@ import pytest_asyncio
 from PIL import Image
 
 import detect_api.app
+import detect_api.service
 from detect_api.app import create_app
 from detect_api.settings import Settings
 from inference.pipeline import Detector
@@ -279,7 +280,7 @@ async def test_unexpected_exception_is_a_logged_json_500_and_recovers(
     def broken(*args: object) -> bytes:
         raise RuntimeError("a bug in the drawing code")
 
-    monkeypatch.setattr(detect_api.app, "_annotate", broken)
+    monkeypatch.setattr(detect_api.service, "annotate", broken)
     await detector.start()
     async with serve(create_app(fake_settings(), detector=detector)) as c:
         r = await c.post("/detect", params={"annotated": "true"}, files=upload(fake_image))
