@@ -18,17 +18,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode
 
-from inference.apikeys import ApiKeys, ApiKeySettings, bearer_token
+from inference.apikeys import ApiKeys, bearer_token
 from inference.proxies import client_address, parse_networks
 from inference.ratelimit import RateLimiter, retry_after
-from inference.settings import split_list
 
 if TYPE_CHECKING:
     from media_server.peers import PeerRegistry
@@ -44,37 +41,6 @@ TURN_PATHS = frozenset({"/ice-servers", "/config"})
 REALM = 'Bearer realm="rtdetect"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class MediaAuthSettings(ApiKeySettings):
-    """The media server's access settings (mixed into its Settings: RTDETECT_MEDIA_ prefix)."""
-
-    # Origins (scheme://host[:port]) whose pages may POST /offer besides the server's own, e.g. the HTTPS
-    # front's public origin when it rewrites Host.
-    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # Offers being answered plus answered peers not connected yet, per client. A browser needs 1.
-    max_pending_offers_per_client: int = Field(default=2, ge=1)
-    # TURN credentials (GET /ice-servers, /config) per client: this many a minute, bursts of ice_rate_burst.
-    ice_rate_per_min: float = Field(default=60.0, gt=0.0)
-    ice_rate_burst: int = Field(default=20, ge=1)
-
-    # Named apart from ApiKeySettings._split: a validator of the same name in a subclass replaces the parent's,
-    # which left RTDETECT_MEDIA_API_KEY_HASHES unparsed (every value refused).
-    @field_validator("allowed_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        return split_list(value)
-
-    @field_validator("allowed_origins")
-    @classmethod
-    def _origins(cls, value: list[str]) -> list[str]:
-        out = []
-        for origin in value:
-            parts = urlsplit(origin.strip())
-            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-                raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://host[:port]")
-            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
-        return out
 
 
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:

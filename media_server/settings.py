@@ -7,13 +7,14 @@ import ipaddress
 import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from inference.apikeys import ApiKeySettings
 from inference.settings import ServingSettings, split_list
 from inference.types import DetectParams
-from media_server.auth import MediaAuthSettings  # API keys, origins, per-client limits
 from media_server.live_settings import LiveTrackingSettings  # tracking, box prediction, zones
 from media_server.turn import validate_ice_url
 from rtc.ice import IceServer, parse_ice_servers
@@ -29,6 +30,38 @@ class BackpressurePolicy(StrEnum):
 
     LATEST = "latest"  # keep only the newest frame: lowest detection age, the default
     DROP_OLDEST = "drop_oldest"  # a small FIFO (`buffer_size`); when full, the oldest frame is dropped
+
+
+class MediaAuthSettings(ApiKeySettings):
+    """The media server's access settings (mixed into its Settings: RTDETECT_MEDIA_ prefix); media_server/auth.py
+    enforces them. Here, not there, so that the settings import nothing of the server (no import circle)."""
+
+    # Origins (scheme://host[:port]) whose pages may POST /offer besides the server's own, e.g. the HTTPS
+    # front's public origin when it rewrites Host.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Offers being answered plus answered peers not connected yet, per client. A browser needs 1.
+    max_pending_offers_per_client: int = Field(default=2, ge=1)
+    # TURN credentials (GET /ice-servers, /config) per client: this many a minute, bursts of ice_rate_burst.
+    ice_rate_per_min: float = Field(default=60.0, gt=0.0)
+    ice_rate_burst: int = Field(default=20, ge=1)
+
+    # Named apart from ApiKeySettings._split: a validator of the same name in a subclass replaces the parent's,
+    # which left RTDETECT_MEDIA_API_KEY_HASHES unparsed (every value refused).
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        return split_list(value)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            parts = urlsplit(origin.strip())
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://host[:port]")
+            out.append(f"{parts.scheme}://{parts.netloc.lower()}")
+        return out
 
 
 class Settings(ServingSettings, MediaAuthSettings, LiveTrackingSettings):
