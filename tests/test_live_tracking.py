@@ -289,6 +289,7 @@ async def test_three_thread_round_trips_per_inferred_frame_none_on_the_default_e
     assert inferred >= 5 and sent == 45
     assert on_default == 0  # nothing of the frame path on the loop's default executor (the encoders')
     # Per frame: conversion + pre-processing, the batcher, decoding + tracking + rendering (the frame in
-    # flight when the track ended may have made one or two of its trips without being published).
-    assert 3 * inferred <= own.calls + batched <= 3 * inferred + 2
+    # flight when the track ended may have made some or all three of its trips without being published:
+    # a fresh clone once counted 114 trips for 37 published frames, the 38th stopped after its third).
+    assert 3 * inferred <= own.calls + batched <= 3 * (inferred + 1)
     assert any("track_id" in d for m in messages if m["type"] == "detections" for d in m["detections"])
