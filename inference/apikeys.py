@@ -20,12 +20,12 @@ import secrets
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Self
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from inference.settings import split_list
+from inference.envlist import EnvList
 
 KEY_PREFIX = "rtd_"
 _HASH = re.compile(r"[0-9a-f]{64}")
@@ -109,18 +109,13 @@ class ApiKeySettings(BaseSettings):
 
     auth: bool = False
     # SHA-256 hashes of the accepted keys (comma-separated or JSON), and/or a file of them (one per line).
-    api_key_hashes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_key_hashes: EnvList = Field(default_factory=list)
     api_keys_file: Path | None = None
     # With auth on, /metrics needs a key too (Prometheus: `authorization: credentials_file`); false leaves
     # it open for a scraper on a private network.
     metrics_auth: bool = True
 
     _file_hashes: list[str] = PrivateAttr(default_factory=list)
-
-    @field_validator("api_key_hashes", mode="before")
-    @classmethod
-    def _split(cls, value: Any) -> Any:
-        return split_list(value)
 
     @field_validator("api_key_hashes")
     @classmethod

@@ -6,17 +6,15 @@ reads it once in its `__main__`; nothing here reads the environment by itself.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
-    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -31,22 +29,11 @@ from inference.engines.options import (
     TritonOptions,
     validate_options,
 )
+from inference.envlist import EnvList
 from inference.paths import default_model_dir
 from inference.proxies import parse_networks
 
 LOG_LEVELS = frozenset({"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"})
-
-
-def split_list(value: Any) -> Any:
-    """Env values may be JSON (`["a", "b"]`) or comma-separated (`a,b`): the latter is what operators type."""
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
 
 
 # The onnxruntime options' old flat names (RTDETECT_PROVIDERS, ...), still read: they fold into `onnxruntime`.
@@ -108,12 +95,7 @@ class ServingSettings(BaseSettings):
     log_level: str = "INFO"
     # Reverse proxies (the HTTPS front) whose X-Forwarded-For names the client, for per-client limits
     # (inference/proxies.py): addresses or CIDR networks. Empty: the header is never believed.
-    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _parse_trusted_proxies(cls, value: Any) -> Any:
-        return split_list(value)
+    trusted_proxies: EnvList = Field(default_factory=list)
 
     @field_validator("trusted_proxies")
     @classmethod

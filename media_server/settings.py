@@ -13,7 +13,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from inference.apikeys import ApiKeySettings
-from inference.settings import ServingSettings, split_list
+from inference.envlist import EnvList, split_list
+from inference.settings import ServingSettings
 from inference.types import DetectParams
 from media_server.live_settings import LiveTrackingSettings  # tracking, box prediction, zones
 from media_server.turn import validate_ice_url
@@ -38,19 +39,12 @@ class MediaAuthSettings(ApiKeySettings):
 
     # Origins (scheme://host[:port]) whose pages may POST /offer besides the server's own, e.g. the HTTPS
     # front's public origin when it rewrites Host.
-    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_origins: EnvList = Field(default_factory=list)
     # Offers being answered plus answered peers not connected yet, per client. A browser needs 1.
     max_pending_offers_per_client: int = Field(default=2, ge=1)
     # TURN credentials (GET /ice-servers, /config) per client: this many a minute, bursts of ice_rate_burst.
     ice_rate_per_min: float = Field(default=60.0, gt=0.0)
     ice_rate_burst: int = Field(default=20, ge=1)
-
-    # Named apart from ApiKeySettings._split: a validator of the same name in a subclass replaces the parent's,
-    # which left RTDETECT_MEDIA_API_KEY_HASHES unparsed (every value refused).
-    @field_validator("allowed_origins", mode="before")
-    @classmethod
-    def _split_origins(cls, value: Any) -> Any:
-        return split_list(value)
 
     @field_validator("allowed_origins")
     @classmethod
@@ -77,15 +71,15 @@ class Settings(ServingSettings, MediaAuthSettings, LiveTrackingSettings):
     ice_servers: Annotated[list[IceServer], NoDecode] = Field(default_factory=list)
     # Addresses offered as host ICE candidates (loopback in tests, the container's address behind a NAT).
     # Empty: aioice's own interface discovery, which leaves loopback out.
-    ice_host_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ice_host_addresses: EnvList = Field(default_factory=list)
     # 1:1 NAT: host candidates bound on a private address are announced as the public one
     # ("10.0.0.5=203.0.113.7,..." or JSON).
     ice_announced_addresses: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     # TURN with short-lived credentials (media_server/turn.py, coturn's use-auth-secret): browsers get
     # `turn_urls` from GET /ice-servers; the server's own peers use `turn_server_urls` (coturn as the server
     # reaches it, e.g. inside a compose network). Both need `turn_secret`.
-    turn_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    turn_server_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    turn_urls: EnvList = Field(default_factory=list)
+    turn_server_urls: EnvList = Field(default_factory=list)
     turn_secret: SecretStr | None = None
     turn_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     codec: Literal["auto", "VP8", "H264"] = "auto"  # "auto": the browser's preference
@@ -128,11 +122,6 @@ class Settings(ServingSettings, MediaAuthSettings, LiveTrackingSettings):
     @classmethod
     def _parse_ice_servers(cls, value: Any) -> Any:
         return parse_ice_servers(value)
-
-    @field_validator("ice_host_addresses", "turn_urls", "turn_server_urls", mode="before")
-    @classmethod
-    def _parse_lists(cls, value: Any) -> Any:
-        return split_list(value)
 
     @field_validator("turn_urls", "turn_server_urls")
     @classmethod

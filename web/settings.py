@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from pathlib import Path
 from typing import Annotated, Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from inference.envlist import EnvList
 from rtc.ice import IceServer, parse_ice_servers
 
 
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     use_media_server_ice: bool = True
     # Addresses this process's own WebRTC peers offer as host candidates. aioice leaves loopback out, so a
     # loopback-only deployment (tests) must name 127.0.0.1 here. Empty: aioice's interface discovery.
-    ice_host_addresses: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ice_host_addresses: EnvList = Field(default_factory=list)
     # How long the relay waits for the media server to answer and connect before the live page gives up.
     live_connect_timeout_s: float = Field(default=15.0, gt=0.0)
 
@@ -64,17 +64,6 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_ice_servers(cls, value: Any) -> Any:
         return parse_ice_servers(value)
-
-    @field_validator("ice_host_addresses", mode="before")
-    @classmethod
-    def _parse_addresses(cls, value: Any) -> Any:
-        # Operators type `127.0.0.1,10.0.0.5`; JSON lists work too.
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
 
     @field_validator("ice_host_addresses")
     @classmethod

@@ -7,26 +7,15 @@ instead of silently doing nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import NoDecode
 
+from inference.envlist import split_list
+
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
-
-
-def _split_list(value: Any) -> Any:
-    """Env values may be JSON (`["a", "b"]`) or comma-separated (`a,b`): the latter is what operators type."""
-    if isinstance(value, str):
-        text = value.strip()
-        if not text:
-            return []
-        if text.startswith("["):
-            return json.loads(text)
-        return [part.strip() for part in text.split(",") if part.strip()]
-    return value
 
 
 class BackendOptions(BaseModel):
@@ -48,7 +37,7 @@ class OnnxRuntimeOptions(BackendOptions):
     @field_validator("providers", mode="before")
     @classmethod
     def _parse_providers(cls, value: Any) -> Any:
-        return _split_list(value) or None  # empty: the engine's own choice
+        return split_list(value) or None  # empty: the engine's own choice
 
 
 class OpenVinoOptions(BackendOptions):
