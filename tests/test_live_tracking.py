@@ -123,14 +123,16 @@ async def test_ids_events_and_predicted_boxes_with_a_real_peer(model_dir: Path) 
     }
     # Between results the boxes move with the person: most frames show them away from where detected...
     moved = [abs((b[0][0] + b[0][2]) - (r[0][0] + r[0][2])) / 2 >= 2 for _, b, r in drawn if r]
-    assert len(moved) > 60 and sum(moved) > 0.5 * len(moved)
+    assert len(moved) >= 60 and sum(moved) > 0.5 * len(moved)
     # ...to where the person is in that frame (measured on the 2-core machine: p50/p90 5/9 px). Boxes left
     # where detected miss by about the speed times the result's age (30/44 px); boxes moved to the
     # arrival clock instead of the frame's pts by 86/128 px.
     # (Past the first second: a new track starts without a velocity.)
     settled = np.array(errors[30:])
     p50, p90 = np.percentile(settled, [50, 90])
-    assert len(settled) > 60 and p50 <= 10 and p90 <= 20, (p50, p90)
+    # The wait above ends at 90 drawn frames: 60 past the first second when every number reads, a few fewer
+    # otherwise (a full run once had exactly 60, which `> 60` refused).
+    assert len(settled) >= 40 and p50 <= 10 and p90 <= 20, (len(settled), p50, p90)
 
 
 async def test_without_prediction_boxes_stay_where_detected(model_dir: Path) -> None:
