@@ -127,8 +127,8 @@ def build_parser(settings: BuildSettings) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="entropy")
     p.add_argument(
         "--scheme", choices=["auto", "s8", "s8-guarded", "u8"], default="auto",
-        help="weight format; auto: int8 where the CPU has VNNI/AMX, int8 with the saturating layers in "
-        "7 bits where it has only AVX2 (the choice and why go into model.int8.json)",
+        help="weight format; auto: int8 where the CPU has VNNI/AMX, int8 with uint8 in the layers measured "
+        "to saturate where it has only AVX2 (the choice and why go into model.int8.json)",
     )  # fmt: skip
     p.add_argument(
         "--force", action="store_true", help="quantise again even if the record says it is current"

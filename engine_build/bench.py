@@ -539,7 +539,7 @@ def run_bench(
         "count, absolute figures are noise and only the interleaved ratios mean much).",
     ]
     body = (
-        f"## Engines and /detect on a CPU with {CLASS_NAMES[int8_kernel_class(machine.flags)]} "
+        f"## Engines and /detect on a CPU with {CLASS_NAMES[kernels]} "
         "(`python -m engine_build bench`)\n\n" + "\n".join(lines)
     )
     print(body)

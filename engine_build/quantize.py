@@ -113,7 +113,8 @@ def quantize(
         quantize_static,
     )
 
-    scheme, why = choose_scheme(scheme, cpu_identity()[1])
+    flags = cpu_identity()[1]
+    scheme, why = choose_scheme(scheme, flags)
     if activations not in ("int8", "uint8"):
         raise ValueError(f"activations are int8 or uint8, not {activations!r}")
     if method not in CALIBRATION_METHODS:
@@ -137,7 +138,7 @@ def quantize(
         "scheme": scheme,
         "scheme_reason": why,
         # The kernels the file was made for: the guarded layers are measured on them.
-        "int8_kernels": int8_kernel_class(cpu_identity()[1]),
+        "int8_kernels": int8_kernel_class(flags),
         "calibration_method": method,
         "calibration_images": len(chosen),
         "calibration_names_sha256": names_sha256(names),

@@ -27,7 +27,7 @@ import numpy as np
 from inference.engines import Engine, create_engine, engine_precisions
 from inference.engines.options import PRECISIONS, BackendOptions, int8_onnx_file
 from inference.errors import BackendUnavailableError, InferenceError, ModelLoadError, RtdetectError
-from inference.gate import GATE_FILENAME, GateRecord, current_machine, file_sha256, load_gate
+from inference.gate import GATE_FILENAME, GateRecord, current_machine, describe, file_sha256, load_gate
 from inference.spec import ModelSpec
 
 log = logging.getLogger("rtdetect.inference")
@@ -384,14 +384,8 @@ def _measure(
     for other, engine in loaded.items():
         if other != combo:
             engine.close()
-    machine = current_machine()
     log.info(
-        "auto engine: chose %s (%s) on %s [%s]%s",
-        combo,
-        _figures_text(combo, figures),
-        machine.cpu,
-        " ".join(machine.flags),
-        f", GPU {machine.gpu}" if machine.gpu else "",
+        "auto engine: chose %s (%s) on %s", combo, _figures_text(combo, figures), describe(current_machine())
     )
     if cache is not None and key is not None:
         cache.put(key, combo, figures)

@@ -163,6 +163,11 @@ class _Kalman:
     def acceleration(self) -> tuple[float, float, float, float]:
         return (0.0, 0.0, 0.0, 0.0)
 
+    @property
+    def state(self) -> np.ndarray:
+        """(cx, cy, w, h, vcx, vcy, vw, vh), as `_JerkFilter.state`."""
+        return self.mean
+
     def predict(self, dt: float) -> None:
         f = np.eye(8)
         f[:4, 4:] = np.eye(4) * dt
@@ -303,10 +308,7 @@ class _Track:
             self.class_id,
             self.label,
             self.score,
-            tuple(
-                float(v)
-                for v in (self.display.mean if isinstance(self.display, _Kalman) else self.display.state)
-            ),
+            tuple(float(v) for v in self.display.state),
             self.time,
             self.matched,
             max_predict_s,

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode
 
-from inference.tracking import TrackerConfig, constant_velocity
 from inference.zones import LineSpec, ZoneSpec
 
 
@@ -48,11 +47,3 @@ class LiveTrackingSettings(BaseSettings):
         if len(set(names)) != len(names):
             raise ValueError("zone and line names must be unique")
         return self
-
-    def tracker_config(self, score_threshold: float) -> TrackerConfig:
-        config = TrackerConfig(
-            high_threshold=score_threshold,
-            low_threshold=min(self.track_low_threshold, score_threshold),
-            max_lost_s=self.track_max_lost_s,
-        )
-        return config if self.predict_acceleration else constant_velocity(config)
